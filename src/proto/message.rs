@@ -1,0 +1,579 @@
+//! Message assembly: turns a byte stream into messages and control frames.
+//!
+//! The [`Decoder`] is fed the unconsumed bytes of a connection's read buffer and
+//! returns how many it consumed plus at most one [`Event`]. Bytes it did not consume must
+//! be presented again, at the front of the next call, with whatever arrived since.
+//!
+//! ```text
+//!            header parsed,               header parsed,
+//!            frame fits inline_limit      frame larger than inline_limit
+//!   +------+ ---------------------> +--------+        +-----------+
+//!   | Idle |                        | Inline |        | Streaming |
+//!   +------+ <--------------------- +--------+        +-----------+
+//!      ^  ^     frame complete                              |
+//!      |  +---------------------------------------------------+
+//!                       last payload byte consumed
+//! ```
+//!
+//! Inline frames are unmasked in place and a single-frame message is returned as a slice
+//! of the caller's buffer: no copy. Fragmented messages and frames too large for the
+//! buffer are copied once into the decoder's assembly buffer. Text is validated as bytes
+//! arrive, so invalid UTF-8 fails at the first bad byte. The size limit is checked from
+//! the frame header, before any payload is buffered.
+
+use super::close::CloseCode;
+use super::error::ProtocolError;
+use super::frame::{FrameHeader, OpCode, Parsed, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+
+/// Limits and role for a [`Decoder`]; shared by all connections of a server.
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderConfig {
+    /// Whose frames we parse (a server parses masked client frames).
+    pub role: Role,
+    /// Largest message, summed over its fragments (default 16 MiB).
+    pub max_message: usize,
+    /// Most fragments in one message (default 100,000); size limits alone do not stop a
+    /// peer from sending millions of empty fragments.
+    pub max_fragments: u32,
+    /// Frames whose header and payload fit in this many bytes are waited for and handed
+    /// out in place; larger ones are streamed into the assembly buffer. Set it to the
+    /// read buffer's capacity. At least 256.
+    pub inline_limit: usize,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig { role: Role::Server, max_message: 16 << 20, max_fragments: 100_000, inline_limit: 64 << 10 }
+    }
+}
+
+/// One thing the peer said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete text message.
+    Text(&'a str),
+    /// A complete binary message.
+    Binary(&'a [u8]),
+    /// A ping with its payload (answer with a pong carrying the same bytes).
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong(&'a [u8]),
+    /// A close frame: code and reason, or `None` for an empty close frame.
+    Close(Option<(CloseCode, &'a str)>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Binary,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Idle,
+    /// Header not consumed; `done` payload bytes after it are unmasked and validated.
+    Inline { hdr: FrameHeader, hlen: u8, done: usize },
+    /// Header consumed; `remaining` payload bytes still to come, `offset` already seen.
+    Streaming { mask: Option<[u8; 4]>, fin: bool, remaining: u64, offset: u64 },
+}
+
+/// The message in progress, once its first data frame header has been accepted.
+#[derive(Clone, Copy, Debug)]
+struct Msg {
+    kind: Kind,
+    /// Payload bytes announced by the headers so far.
+    len: u64,
+    fragments: u32,
+    /// Its bytes are in `Decoder::assembled` (not a single in-place frame).
+    assembled: bool,
+}
+
+/// Incremental, allocation-free (for messages that fit inline) WebSocket decoder.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+    msg: Option<Msg>,
+    utf8: Utf8Validator,
+    assembled: Vec<u8>,
+    /// The last event borrowed `assembled`; empty it on the next call.
+    clear_assembled: bool,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Above this, the assembly buffer is freed after its message rather than kept.
+const KEEP_ASSEMBLY_CAPACITY: usize = 64 << 10;
+
+impl Decoder {
+    /// A decoder at the start of a stream.
+    pub const fn new() -> Self {
+        Decoder { state: State::Idle, msg: None, utf8: Utf8Validator::new(), assembled: Vec::new(), clear_assembled: false }
+    }
+
+    /// Whether the decoder holds part of a message or frame (its buffer is not reusable
+    /// for another connection's bytes).
+    pub fn is_mid_message(&self) -> bool {
+        self.msg.is_some() || !matches!(self.state, State::Idle)
+    }
+
+    /// Bytes held in the assembly buffer (part of a connection's memory).
+    pub fn assembled_capacity(&self) -> usize {
+        self.assembled.capacity()
+    }
+
+    /// Decodes from the front of `input`. Returns the bytes consumed and the event, if
+    /// one completed. `(0, None)` means: call again when more bytes have arrived.
+    /// `(n > 0, None)` means progress without an event: call again with the rest.
+    pub fn decode<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &DecoderConfig,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        if self.clear_assembled {
+            self.clear_assembled = false;
+            if self.assembled.capacity() > KEEP_ASSEMBLY_CAPACITY {
+                self.assembled = Vec::new();
+            } else {
+                self.assembled.clear();
+            }
+        }
+        match self.state {
+            State::Idle => self.start_frame(input, cfg),
+            State::Inline { hdr, hlen, done } => self.continue_inline(input, hdr, hlen as usize, done),
+            State::Streaming { mask, fin, remaining, offset } => self.stream(input, mask, fin, remaining, offset),
+        }
+    }
+
+    fn start_frame<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &DecoderConfig,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        let (hdr, hlen) = match FrameHeader::parse(input, cfg.role, 0)? {
+            Parsed::Complete(h, n) => (h, n),
+            Parsed::NeedMore => return Ok((0, None)),
+        };
+        if !hdr.opcode.is_control() {
+            self.accept_data_header(&hdr, cfg)?;
+            let total = hlen as u64 + hdr.payload_len;
+            if total > cfg.inline_limit.max(MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD) as u64 {
+                let msg = self.msg.as_mut().expect("accepted data header starts a message");
+                if !msg.assembled {
+                    msg.assembled = true;
+                }
+                // Bounded by max_message, checked in accept_data_header.
+                self.assembled.reserve(hdr.payload_len as usize);
+                self.state = State::Streaming { mask: hdr.mask, fin: hdr.fin, remaining: hdr.payload_len, offset: 0 };
+                let (n, ev) = self.stream_inner(&mut input[hlen..])?;
+                return Ok((hlen + n, ev));
+            }
+        }
+        self.state = State::Inline { hdr, hlen: hlen as u8, done: 0 };
+        self.continue_inline(input, hdr, hlen, 0)
+    }
+
+    /// Checks fragmentation order and limits for a data frame header, and records it.
+    fn accept_data_header(&mut self, hdr: &FrameHeader, cfg: &DecoderConfig) -> Result<(), ProtocolError> {
+        match (hdr.opcode, self.msg.as_mut()) {
+            (OpCode::Continuation, None) => Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Continuation, Some(msg)) => {
+                msg.fragments += 1;
+                if msg.fragments > cfg.max_fragments {
+                    return Err(ProtocolError::TooManyFragments);
+                }
+                msg.len = msg.len.saturating_add(hdr.payload_len);
+                if msg.len > cfg.max_message as u64 {
+                    return Err(ProtocolError::MessageTooBig);
+                }
+                msg.assembled = true;
+                Ok(())
+            }
+            (_, Some(_)) => Err(ProtocolError::ExpectedContinuation),
+            (op, None) => {
+                if hdr.payload_len > cfg.max_message as u64 {
+                    return Err(ProtocolError::MessageTooBig);
+                }
+                let kind = if op == OpCode::Text { Kind::Text } else { Kind::Binary };
+                self.utf8.reset();
+                // A first frame without FIN will be joined with its continuations.
+                self.msg = Some(Msg { kind, len: hdr.payload_len, fragments: 1, assembled: !hdr.fin });
+                Ok(())
+            }
+        }
+    }
+
+    fn continue_inline<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        hdr: FrameHeader,
+        hlen: usize,
+        done: usize,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        let len = hdr.payload_len as usize;
+        let avail = input.len().saturating_sub(hlen).min(len);
+        if avail > done {
+            let fresh = &mut input[hlen + done..hlen + avail];
+            if let Some(key) = hdr.mask {
+                apply_mask(fresh, key, done);
+            }
+            if !hdr.opcode.is_control() && self.msg.map(|m| m.kind) == Some(Kind::Text) {
+                self.utf8.feed(fresh).map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+            self.state = State::Inline { hdr, hlen: hlen as u8, done: avail };
+        }
+        if avail < len {
+            return Ok((0, None));
+        }
+        self.state = State::Idle;
+        let consumed = hlen + len;
+        let payload = &input[hlen..consumed];
+        let event = match hdr.opcode {
+            OpCode::Ping => Event::Ping(payload),
+            OpCode::Pong => Event::Pong(payload),
+            OpCode::Close => Event::Close(parse_close_payload(payload)?),
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                let msg = self.msg.expect("data frame belongs to a message");
+                if msg.assembled {
+                    self.assembled.extend_from_slice(payload);
+                    if !hdr.fin {
+                        return Ok((consumed, None));
+                    }
+                    return Ok((consumed, Some(self.finish_assembled()?)));
+                }
+                self.msg = None;
+                match msg.kind {
+                    Kind::Binary => Event::Binary(payload),
+                    Kind::Text => {
+                        self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                        // SAFETY: validated as it arrived, and finish() saw no cut-off code point.
+                        Event::Text(unsafe { std::str::from_utf8_unchecked(payload) })
+                    }
+                }
+            }
+        };
+        Ok((consumed, Some(event)))
+    }
+
+    fn stream<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        mask: Option<[u8; 4]>,
+        fin: bool,
+        remaining: u64,
+        offset: u64,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        self.state = State::Streaming { mask, fin, remaining, offset };
+        self.stream_inner(input)
+    }
+
+    fn stream_inner<'a>(&'a mut self, input: &'a mut [u8]) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        let State::Streaming { mask, fin, remaining, offset } = self.state else {
+            unreachable!("stream_inner outside Streaming")
+        };
+        let take = (remaining.min(input.len() as u64)) as usize;
+        if take == 0 && remaining > 0 {
+            return Ok((0, None));
+        }
+        let chunk = &mut input[..take];
+        if let Some(key) = mask {
+            apply_mask(chunk, key, (offset & 3) as usize);
+        }
+        if self.msg.map(|m| m.kind) == Some(Kind::Text) {
+            self.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        self.assembled.extend_from_slice(chunk);
+        let remaining = remaining - take as u64;
+        if remaining > 0 {
+            self.state = State::Streaming { mask, fin, remaining, offset: offset + take as u64 };
+            return Ok((take, None));
+        }
+        self.state = State::Idle;
+        if !fin {
+            return Ok((take, None));
+        }
+        Ok((take, Some(self.finish_assembled()?)))
+    }
+
+    fn finish_assembled(&mut self) -> Result<Event<'_>, ProtocolError> {
+        let msg = self.msg.take().expect("finishing a started message");
+        self.clear_assembled = true;
+        Ok(match msg.kind {
+            Kind::Binary => Event::Binary(&self.assembled),
+            Kind::Text => {
+                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                // SAFETY: every byte went through the validator, which saw a complete end.
+                Event::Text(unsafe { std::str::from_utf8_unchecked(&self.assembled) })
+            }
+        })
+    }
+}
+
+/// Validates a close frame's payload: empty, or a valid code and a UTF-8 reason.
+pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, ProtocolError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(ProtocolError::CloseTooShort),
+        _ => {
+            let code = CloseCode(u16::from_be_bytes([payload[0], payload[1]]));
+            if !code.is_valid_on_wire() {
+                return Err(ProtocolError::InvalidCloseCode(code.0));
+            }
+            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::CloseReasonNotUtf8)?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+/// What a test or fuzz target compares: an owned copy of an [`Event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedEvent {
+    /// Text message.
+    Text(String),
+    /// Binary message.
+    Binary(Vec<u8>),
+    /// Ping payload.
+    Ping(Vec<u8>),
+    /// Pong payload.
+    Pong(Vec<u8>),
+    /// Close code and reason.
+    Close(Option<(u16, String)>),
+}
+
+impl From<Event<'_>> for OwnedEvent {
+    fn from(e: Event<'_>) -> Self {
+        match e {
+            Event::Text(s) => OwnedEvent::Text(s.to_owned()),
+            Event::Binary(b) => OwnedEvent::Binary(b.to_vec()),
+            Event::Ping(b) => OwnedEvent::Ping(b.to_vec()),
+            Event::Pong(b) => OwnedEvent::Pong(b.to_vec()),
+            Event::Close(c) => OwnedEvent::Close(c.map(|(c, r)| (c.0, r.to_owned()))),
+        }
+    }
+}
+
+/// Feeds `input` to a fresh decoder in the given chunk sizes, through a buffer of
+/// `cfg.inline_limit` bytes the way a server's read ring would, and collects the events
+/// up to the first error. Used by tests and the fuzz targets to check that how bytes are
+/// split never changes the outcome.
+pub fn decode_in_chunks(
+    input: &[u8],
+    chunks: &mut dyn Iterator<Item = usize>,
+    cfg: &DecoderConfig,
+) -> (Vec<OwnedEvent>, Option<ProtocolError>) {
+    let mut dec = Decoder::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(cfg.inline_limit);
+    let mut events = Vec::new();
+    let mut fed = 0;
+    loop {
+        // Refill up to the buffer's capacity, in the next chunk size.
+        let room = cfg.inline_limit - buf.len();
+        assert!(room > 0 || fed == input.len(), "decoder stalled on a full buffer");
+        let step = chunks.next().unwrap_or(usize::MAX).max(1).min(room).min(input.len() - fed);
+        buf.extend_from_slice(&input[fed..fed + step]);
+        fed += step;
+        let mut pos = 0;
+        loop {
+            match dec.decode(&mut buf[pos..], cfg) {
+                Err(e) => return (events, Some(e)),
+                Ok((n, ev)) => {
+                    pos += n;
+                    match ev {
+                        Some(ev) => {
+                            let closed = matches!(ev, Event::Close(_));
+                            events.push(OwnedEvent::from(ev));
+                            if closed {
+                                return (events, None);
+                            }
+                        }
+                        None if n == 0 => break,
+                        None => {}
+                    }
+                }
+            }
+        }
+        buf.drain(..pos);
+        if fed == input.len() && (step == 0 || pos == 0) {
+            return (events, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::encode_frame;
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; payload.len() + MAX_HEADER_LEN];
+        let n = encode_frame(&mut out, fin, op, payload, Some(KEY)).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    fn small_cfg() -> DecoderConfig {
+        DecoderConfig { inline_limit: 256, ..DecoderConfig::default() }
+    }
+
+    fn run(input: &[u8], cfg: &DecoderConfig) -> (Vec<OwnedEvent>, Option<ProtocolError>) {
+        let whole = decode_in_chunks(input, &mut std::iter::empty(), cfg);
+        for size in [1usize, 2, 3, 7, 64, 131] {
+            let split = decode_in_chunks(input, &mut std::iter::repeat(size), cfg);
+            assert_eq!(split, whole, "chunk size {size}");
+        }
+        whole
+    }
+
+    #[test]
+    fn single_frame_text_is_returned_in_place() {
+        let mut wire = frame(true, OpCode::Text, b"Hello");
+        let mut dec = Decoder::new();
+        let base = wire.as_ptr() as usize;
+        let (n, ev) = dec.decode(&mut wire, &DecoderConfig::default()).unwrap();
+        assert_eq!(n, 11);
+        match ev {
+            Some(Event::Text(s)) => {
+                assert_eq!(s, "Hello");
+                assert_eq!(s.as_ptr() as usize, base + 6, "no copy");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(dec.assembled_capacity(), 0);
+    }
+
+    #[test]
+    fn fragments_with_interleaved_control_frames() {
+        let mut wire = frame(false, OpCode::Text, "κό".as_bytes());
+        wire.extend(frame(true, OpCode::Ping, b"p"));
+        wire.extend(frame(false, OpCode::Continuation, "σμ".as_bytes()));
+        wire.extend(frame(true, OpCode::Pong, b""));
+        wire.extend(frame(true, OpCode::Continuation, "ε".as_bytes()));
+        wire.extend(frame(true, OpCode::Binary, &[1, 2, 3]));
+        wire.extend(frame(true, OpCode::Close, &[0x03, 0xe8, b'o', b'k']));
+        let (ev, err) = run(&wire, &small_cfg());
+        assert_eq!(err, None);
+        assert_eq!(
+            ev,
+            vec![
+                OwnedEvent::Ping(b"p".to_vec()),
+                OwnedEvent::Pong(vec![]),
+                OwnedEvent::Text("κόσμε".into()),
+                OwnedEvent::Binary(vec![1, 2, 3]),
+                OwnedEvent::Close(Some((1000, "ok".into()))),
+            ]
+        );
+    }
+
+    #[test]
+    fn utf8_split_across_fragments_inside_a_code_point() {
+        let bytes = "𝄞".as_bytes();
+        let mut wire = frame(false, OpCode::Text, &bytes[..1]);
+        wire.extend(frame(false, OpCode::Continuation, &bytes[1..3]));
+        wire.extend(frame(true, OpCode::Continuation, &bytes[3..]));
+        assert_eq!(run(&wire, &small_cfg()), (vec![OwnedEvent::Text("𝄞".into())], None));
+    }
+
+    #[test]
+    fn large_frames_stream_through_a_small_buffer() {
+        for len in [120usize, 125, 126, 127, 250, 251, 300, 65535, 65536, 65537, 200_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let wire = frame(true, OpCode::Binary, &payload);
+            let (ev, err) = run(&wire, &small_cfg());
+            assert_eq!(err, None, "len {len}");
+            assert_eq!(ev, vec![OwnedEvent::Binary(payload)], "len {len}");
+        }
+    }
+
+    #[test]
+    fn violations_and_their_codes() {
+        let cfg = DecoderConfig { max_message: 1000, max_fragments: 3, ..small_cfg() };
+        let bad_utf8 = [0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xed, 0xa0, 0x80, b'a', b'b'];
+        let cases: Vec<(Vec<u8>, ProtocolError, u16)> = vec![
+            (frame(true, OpCode::Continuation, b"x"), ProtocolError::UnexpectedContinuation, 1002),
+            (
+                [frame(false, OpCode::Text, b"a"), frame(true, OpCode::Binary, b"b")].concat(),
+                ProtocolError::ExpectedContinuation,
+                1002,
+            ),
+            (frame(true, OpCode::Close, &[3]), ProtocolError::CloseTooShort, 1002),
+            (frame(true, OpCode::Close, &[0x03, 0xed]), ProtocolError::InvalidCloseCode(1005), 1002),
+            (frame(true, OpCode::Close, &[0x03, 0xec]), ProtocolError::InvalidCloseCode(1004), 1002),
+            (frame(true, OpCode::Close, &[0x13, 0x88]), ProtocolError::InvalidCloseCode(5000), 1002),
+            (frame(true, OpCode::Close, &[0x03, 0xe8, 0xff]), ProtocolError::CloseReasonNotUtf8, 1007),
+            (frame(true, OpCode::Text, &bad_utf8), ProtocolError::InvalidUtf8, 1007),
+            (frame(true, OpCode::Text, &[b'a', 0xce]), ProtocolError::InvalidUtf8, 1007),
+            (frame(true, OpCode::Binary, &[0; 1001]), ProtocolError::MessageTooBig, 1009),
+            (
+                [frame(false, OpCode::Binary, &[0; 600]), frame(true, OpCode::Continuation, &[0; 401])].concat(),
+                ProtocolError::MessageTooBig,
+                1009,
+            ),
+            (
+                [
+                    frame(false, OpCode::Binary, b""),
+                    frame(false, OpCode::Continuation, b""),
+                    frame(false, OpCode::Continuation, b""),
+                    frame(false, OpCode::Continuation, b""),
+                ]
+                .concat(),
+                ProtocolError::TooManyFragments,
+                1009,
+            ),
+        ];
+        for (wire, want, code) in cases {
+            let (_, err) = run(&wire, &cfg);
+            assert_eq!(err, Some(want), "{wire:x?}");
+            assert_eq!(want.close_code().0, code);
+        }
+    }
+
+    #[test]
+    fn size_limit_is_checked_before_payload_arrives() {
+        let cfg = DecoderConfig { max_message: 1000, ..small_cfg() };
+        let wire = frame(true, OpCode::Binary, &[0; 5000]);
+        let mut dec = Decoder::new();
+        // Only the header: the verdict must not wait for 5000 bytes.
+        let mut head = wire[..8].to_vec();
+        assert_eq!(dec.decode(&mut head, &cfg).unwrap_err(), ProtocolError::MessageTooBig);
+        assert_eq!(dec.assembled_capacity(), 0);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_is_complete() {
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend([0xf4, 0x90, 0x80, 0x80]);
+        payload.extend(vec![b'a'; 100]);
+        let wire = frame(true, OpCode::Text, &payload);
+        let mut dec = Decoder::new();
+        let mut part = wire[..6 + "κόσμε".len() + 2].to_vec();
+        assert_eq!(dec.decode(&mut part, &small_cfg()).unwrap_err(), ProtocolError::InvalidUtf8);
+    }
+
+    #[test]
+    fn no_allocation_for_inline_messages_after_a_large_one_shrinks_back() {
+        let cfg = small_cfg();
+        let mut dec = Decoder::new();
+        let mut big = frame(true, OpCode::Binary, &vec![7u8; 100_000]);
+        let mut pos = 0;
+        let mut got = 0;
+        while pos < big.len() {
+            let end = (pos + 256).min(big.len());
+            let (n, ev) = dec.decode(&mut big[pos..end], &cfg).unwrap();
+            if let Some(Event::Binary(b)) = ev {
+                got = b.len();
+            }
+            pos += n;
+        }
+        assert_eq!(got, 100_000);
+        let mut small = frame(true, OpCode::Binary, b"x");
+        dec.decode(&mut small, &cfg).unwrap();
+        assert_eq!(dec.assembled_capacity(), 0, "large assembly buffer released");
+    }
+}
