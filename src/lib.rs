@@ -1,5 +1,16 @@
 //! wsloop: a WebSocket server for very many connections on small machines.
+//!
+//! - [`proto`]: the sans-IO RFC 6455 core (handshake, frame codec, message assembly).
+//! - [`server`]: worker threads, each one mio event loop, pooled ring buffers,
+//!   backpressure, timers, topics.
+//! - [`buf`]: the fixed-capacity ring buffers and their pool.
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod auth;
+pub mod buf;
 pub mod proto;
+pub mod server;
+
+pub use proto::CloseCode;
+pub use server::{Config, Connection, Handle, Handler, Message, Server};

@@ -1,1 +1,259 @@
-fn main(){}
+//! The `wsloop` server binary: `wsloop echo` and `wsloop rooms`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+use wsloop::server::{BackpressurePolicy, Config, Connection, Handler, Message, Server};
+
+const USAGE: &str = "\
+usage: wsloop <echo|rooms> [options]
+
+  echo    echoes every message with its opcode, on any path
+  rooms   a client on path /<room> joins that room; every message is sent to the room
+
+options:
+  --listen ADDR              address to listen on (default 127.0.0.1:9001)
+  --workers N                worker threads (default: number of cores)
+  --max-message BYTES        largest message (default 16777216)
+  --max-backpressure BYTES   outgoing bytes buffered per connection (default 1048576)
+  --backpressure POLICY      pause | drop | close (default: pause for echo, drop for rooms)
+  --ping-interval SECS       ping after this much silence (default 30)
+  --idle-timeout SECS        close when nothing arrived for this long (default 75)
+  --handshake-timeout SECS   drop connections that do not finish the handshake (default 10)
+  --close-timeout SECS       wait this long for the peer's close frame (default 5)
+  --max-conns N              open connections overall; excess gets 503
+  --max-conns-per-ip N       open connections per client IP; excess gets 503
+  --max-msg-rate N           messages per second per connection; over it: close 1008
+  -h, --help                 this text
+
+Logging: RUST_LOG=info (default), debug, ...
+";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Echo,
+    Rooms,
+}
+
+struct Args {
+    mode: Mode,
+    listen: String,
+    cfg: Config,
+}
+
+fn parse_secs(flag: &str, v: &str) -> Result<Duration, String> {
+    let s: f64 = v
+        .parse()
+        .map_err(|_| format!("{flag}: not a number of seconds: {v}"))?;
+    if !(s.is_finite() && s > 0.0 && s < 1e9) {
+        return Err(format!(
+            "{flag}: must be a positive number of seconds, got {v}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: not a valid number: {v}"))
+}
+
+fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut it = argv.iter();
+    let mode = match it.next().map(String::as_str) {
+        Some("echo") => Mode::Echo,
+        Some("rooms") => Mode::Rooms,
+        Some("-h" | "--help") | None => return Err(String::new()),
+        Some(other) => return Err(format!("unknown command: {other}")),
+    };
+    let mut cfg = Config::default();
+    let mut policy = None;
+    let mut listen = "127.0.0.1:9001".to_string();
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let (flag, inline) = match flag.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (flag.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        match flag {
+            "--listen" => listen = value()?,
+            "--workers" => cfg.workers = parse_num(flag, &value()?)?,
+            "--max-message" => cfg.max_message = parse_num(flag, &value()?)?,
+            "--max-backpressure" => cfg.max_backpressure = parse_num(flag, &value()?)?,
+            "--backpressure" => {
+                policy = Some(match value()?.as_str() {
+                    "pause" => BackpressurePolicy::PauseReading,
+                    "drop" => BackpressurePolicy::Drop,
+                    "close" => BackpressurePolicy::Close,
+                    other => {
+                        return Err(format!(
+                            "--backpressure: expected pause, drop or close, got {other}"
+                        ))
+                    }
+                })
+            }
+            "--ping-interval" => cfg.ping_interval = parse_secs(flag, &value()?)?,
+            "--idle-timeout" => cfg.idle_timeout = parse_secs(flag, &value()?)?,
+            "--handshake-timeout" => cfg.handshake_timeout = parse_secs(flag, &value()?)?,
+            "--close-timeout" => cfg.close_timeout = parse_secs(flag, &value()?)?,
+            "--max-conns" => cfg.max_conns = parse_num(flag, &value()?)?,
+            "--max-conns-per-ip" => cfg.max_conns_per_ip = parse_num(flag, &value()?)?,
+            "--max-msg-rate" => cfg.max_msg_rate = Some(parse_num(flag, &value()?)?),
+            other => return Err(format!("unknown option: {other}")),
+        }
+    }
+    if cfg.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    cfg.backpressure_policy = policy.unwrap_or(match mode {
+        Mode::Echo => BackpressurePolicy::PauseReading,
+        Mode::Rooms => BackpressurePolicy::Drop,
+    });
+    Ok(Args { mode, listen, cfg })
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+        // Pause-reading backpressure keeps the queue bounded; nothing to do on the status.
+        let _ = conn.send(msg);
+    }
+}
+
+/// A room per path: join on open, publish every message to the room, sender included.
+struct Rooms;
+
+impl Handler for Rooms {
+    fn on_open<'r>(
+        &mut self,
+        conn: &mut Connection<'_>,
+        req: &wsloop::proto::Request<'_, 'r>,
+    ) -> Result<wsloop::server::Accept<'r>, wsloop::server::Reject> {
+        conn.subscribe(room_of(req.path()));
+        Ok(Default::default())
+    }
+
+    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+        // The connection knows its one room: the first (only) topic it joined.
+        if let Some(room) = conn.topics().first().cloned() {
+            conn.publish(&room, msg);
+        }
+    }
+}
+
+/// Path `/<room>` is room `<room>`; `/` is the room "".
+fn room_of(path: &str) -> &str {
+    path.strip_prefix('/').unwrap_or(path)
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("wsloop: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let server = match Server::bind(args.listen.as_str(), args.cfg.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let handle = server.handle();
+    install_signal_handlers(handle.clone());
+    let mode = if args.mode == Mode::Echo {
+        "echo"
+    } else {
+        "rooms"
+    };
+    log::info!(
+        "wsloop {mode} listening on ws://{} with {} workers",
+        server.local_addr(),
+        args.cfg.workers
+    );
+    let result = match args.mode {
+        Mode::Echo => server.run(|_| Echo),
+        Mode::Rooms => server.run(|_| Rooms),
+    };
+    match result {
+        Ok(()) => {
+            log::info!("wsloop stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("wsloop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM/SIGINT: graceful shutdown; a second one exits at once.
+fn install_signal_handlers(handle: wsloop::Handle) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot install signal handlers: {e}");
+            return;
+        }
+    };
+    std::thread::Builder::new()
+        .name("wsloop-signals".into())
+        .spawn(move || {
+            let mut seen = false;
+            for sig in signals.forever() {
+                if seen {
+                    log::warn!("second signal ({sig}): exiting now");
+                    std::process::exit(1);
+                }
+                seen = true;
+                log::info!("signal {sig}: shutting down gracefully (again to exit now)");
+                handle.shutdown();
+            }
+        })
+        .ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Result<Args, String> {
+        parse_args(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = args("echo --listen 127.0.0.1:1 --workers 3 --max-message 100 --ping-interval 0.5 --idle-timeout=2")
+            .unwrap();
+        assert_eq!(a.listen, "127.0.0.1:1");
+        assert_eq!(a.cfg.workers, 3);
+        assert_eq!(a.cfg.max_message, 100);
+        assert_eq!(a.cfg.ping_interval, Duration::from_millis(500));
+        assert_eq!(a.cfg.idle_timeout, Duration::from_secs(2));
+        assert!(args("echo --workers x").is_err());
+        assert!(args("echo --nope 1").is_err());
+        assert!(args("echo --idle-timeout -1").is_err());
+        assert!(args("serve").is_err());
+        assert_eq!(
+            args("rooms").unwrap().cfg.backpressure_policy,
+            BackpressurePolicy::Drop
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! A fixed-capacity byte ring: the unit of buffering between a socket and the codec.
+//!
+//! INVARIANT: `head < cap` (or 0 when `cap == 0`) and `len <= cap`; the readable bytes
+//! are `buf[head..head+len]` taken modulo `cap`.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+
+/// A ring of bytes with a fixed capacity, lent out by a [`super::BufPool`].
+#[derive(Debug)]
+pub struct Ring {
+    buf: Box<[u8]>,
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    /// A ring over `storage` (its contents are ignored).
+    pub fn from_storage(storage: Box<[u8]>) -> Self {
+        Ring {
+            buf: storage,
+            head: 0,
+            len: 0,
+        }
+    }
+
+    /// Gives the storage back (for the pool).
+    pub fn into_storage(self) -> Box<[u8]> {
+        self.buf
+    }
+
+    /// Total capacity.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Nothing stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes that can still be stored.
+    pub fn free(&self) -> usize {
+        self.buf.len() - self.len
+    }
+
+    fn tail(&self) -> usize {
+        let t = self.head + self.len;
+        if t >= self.buf.len() {
+            t - self.buf.len()
+        } else {
+            t
+        }
+    }
+
+    /// The stored bytes as up to two slices, oldest first.
+    pub fn as_slices(&self) -> (&[u8], &[u8]) {
+        let cap = self.buf.len();
+        if self.head + self.len <= cap {
+            (&self.buf[self.head..self.head + self.len], &[])
+        } else {
+            (
+                &self.buf[self.head..],
+                &self.buf[..self.head + self.len - cap],
+            )
+        }
+    }
+
+    /// Free space as up to two slices, in the order it will be filled.
+    fn free_slices_mut(&mut self) -> (&mut [u8], &mut [u8]) {
+        let cap = self.buf.len();
+        let tail = self.tail();
+        if self.len == cap {
+            return (&mut [], &mut []);
+        }
+        if tail >= self.head {
+            let (front, back) = self.buf.split_at_mut(tail);
+            (back, &mut front[..self.head])
+        } else {
+            (&mut self.buf[tail..self.head], &mut [])
+        }
+    }
+
+    /// Drops `n` bytes from the front.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len);
+        let n = n.min(self.len);
+        self.len -= n;
+        if self.len == 0 {
+            // Start over at the front so the next fill is one contiguous slice.
+            self.head = 0;
+        } else {
+            self.head += n;
+            if self.head >= self.buf.len() {
+                self.head -= self.buf.len();
+            }
+        }
+    }
+
+    /// Marks `n` bytes of free space (as returned by the free slices) as filled.
+    fn commit(&mut self, n: usize) {
+        debug_assert!(n <= self.free());
+        self.len += n;
+    }
+
+    /// Appends as much of `data` as fits; returns how much did.
+    pub fn push(&mut self, data: &[u8]) -> usize {
+        let (a, b) = self.free_slices_mut();
+        let n1 = a.len().min(data.len());
+        a[..n1].copy_from_slice(&data[..n1]);
+        let n2 = b.len().min(data.len() - n1);
+        b[..n2].copy_from_slice(&data[n1..n1 + n2]);
+        self.commit(n1 + n2);
+        n1 + n2
+    }
+
+    /// Puts `data` in front of the stored bytes; false (and nothing changed) if it does
+    /// not fit.
+    pub fn push_front(&mut self, data: &[u8]) -> bool {
+        if data.len() > self.free() {
+            return false;
+        }
+        let cap = self.buf.len();
+        let new_head = (self.head + cap - data.len()) % cap.max(1);
+        let first = (cap - new_head).min(data.len());
+        self.buf[new_head..new_head + first].copy_from_slice(&data[..first]);
+        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        self.head = new_head;
+        self.len += data.len();
+        true
+    }
+
+    /// Rotates the stored bytes to start at offset 0 and returns them as one mutable
+    /// slice. Free when they already are contiguous, which is the common case (the ring
+    /// restarts at 0 whenever it empties).
+    pub fn make_contiguous(&mut self) -> &mut [u8] {
+        if self.head + self.len > self.buf.len() {
+            self.buf.rotate_left(self.head);
+            self.head = 0;
+        } else if self.head > 0 && self.free() < self.buf.len() / 4 {
+            // Contiguous but crowding the end: move it to the front so the next read
+            // is not cut short (a few bytes of a partial frame, usually).
+            self.buf.copy_within(self.head..self.head + self.len, 0);
+            self.head = 0;
+        }
+        &mut self.buf[self.head..self.head + self.len]
+    }
+
+    /// Reads from `src` into the free space (both parts, with one vectored read).
+    /// Returns what `read_vectored` returned; `Ok(0)` with free space means end of stream.
+    pub fn read_from<R: Read>(&mut self, src: &mut R) -> io::Result<usize> {
+        let (a, b) = self.free_slices_mut();
+        let n = if b.is_empty() {
+            src.read(a)?
+        } else {
+            let mut iov = [IoSliceMut::new(a), IoSliceMut::new(b)];
+            src.read_vectored(&mut iov)?
+        };
+        self.commit(n);
+        Ok(n)
+    }
+
+    /// Writes the stored bytes to `dst` (both parts, then `extra`, with one vectored
+    /// write) and consumes what was written from the ring. Returns the total written,
+    /// of which anything past the ring's length came from `extra`.
+    pub fn write_to<W: Write>(&mut self, dst: &mut W, extra: &[&[u8]]) -> io::Result<usize> {
+        let (a, b) = self.as_slices();
+        let mut iov: [IoSlice<'_>; 8] = [IoSlice::new(&[]); 8];
+        let mut k = 0;
+        for s in [a, b].into_iter().chain(extra.iter().copied()) {
+            if !s.is_empty() && k < iov.len() {
+                iov[k] = IoSlice::new(s);
+                k += 1;
+            }
+        }
+        if k == 0 {
+            return Ok(0);
+        }
+        let n = if k == 1 {
+            dst.write(&iov[0])?
+        } else {
+            dst.write_vectored(&iov[..k])?
+        };
+        let from_ring = n.min(self.len);
+        self.consume(from_ring);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(cap: usize) -> Ring {
+        Ring::from_storage(vec![0u8; cap].into_boxed_slice())
+    }
+
+    fn contents(r: &Ring) -> Vec<u8> {
+        let (a, b) = r.as_slices();
+        [a, b].concat()
+    }
+
+    #[test]
+    fn push_consume_wrap() {
+        let mut r = ring(8);
+        assert_eq!(r.push(b"abcdef"), 6);
+        r.consume(4);
+        assert_eq!(r.push(b"ghijkl"), 6);
+        assert_eq!(contents(&r), b"efghijkl");
+        assert_eq!(r.push(b"x"), 0);
+        let (a, b) = r.as_slices();
+        assert!(!b.is_empty() && !a.is_empty(), "wrapped");
+        assert_eq!(r.make_contiguous(), b"efghijkl");
+        r.consume(8);
+        assert!(r.is_empty());
+        assert_eq!(r.free(), 8);
+    }
+
+    #[test]
+    fn push_front_wraps_backwards() {
+        let mut r = ring(8);
+        r.push(b"cd");
+        assert!(r.push_front(b"ab"));
+        assert_eq!(contents(&r), b"abcd");
+        assert!(!r.push_front(b"123456789"));
+        assert_eq!(contents(&r), b"abcd");
+    }
+
+    #[test]
+    fn vectored_io_over_both_halves() {
+        let mut r = ring(8);
+        r.push(b"123456");
+        r.consume(5);
+        let mut src: &[u8] = b"abcdefghij";
+        let n = r.read_from(&mut src).unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(contents(&r), b"6abcdefg");
+        let mut out = Vec::new();
+        let n = r.write_to(&mut out, &[b"XY"]).unwrap();
+        assert_eq!(n, 10);
+        assert_eq!(out, b"6abcdefgXY");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn make_contiguous_keeps_order_at_every_offset() {
+        for head in 0..8 {
+            for len in 0..=8 {
+                let mut r = ring(8);
+                r.push(&[0; 8][..head]);
+                r.consume(head);
+                let data: Vec<u8> = (0..len as u8).collect();
+                assert_eq!(r.push(&data), len.min(8 - 0));
+                assert_eq!(r.make_contiguous(), &data[..]);
+            }
+        }
+    }
+}

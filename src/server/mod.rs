@@ -1,0 +1,230 @@
+//! The server engine: worker threads, each a mio event loop over its own connections.
+//!
+//! ```no_run
+//! use wsloop::server::{Config, Connection, Handler, Message, Server};
+//!
+//! #[derive(Clone)]
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+//!         let _ = conn.send(msg);
+//!     }
+//! }
+//!
+//! let server = Server::bind("127.0.0.1:9001", Config::default())?;
+//! println!("listening on {}", server.local_addr());
+//! server.run(|_worker| Echo)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod config;
+mod conn;
+mod ctx;
+mod handler;
+pub mod metrics;
+mod pubsub;
+mod shared;
+pub mod timer;
+mod worker;
+
+pub use config::{BackpressurePolicy, Config};
+pub use ctx::Connection;
+pub use handler::{Accept, ConnId, Handler, Message, Reject, SendStatus};
+pub use pubsub::Publisher;
+
+use metrics::WorkerMetrics;
+use shared::{Cmd, Shared, WorkerLink};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+/// A bound, not yet running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    parts: Vec<(mio::Poll, mio::net::TcpListener, Receiver<Cmd>)>,
+}
+
+/// Controls a running server from any thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+/// A server running on its own threads (see [`Server::start`]).
+pub struct Running {
+    handle: Handle,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    // One listener per worker on the same port: the kernel spreads connections over
+    // them by 4-tuple hash, so no acceptor thread and no hand-over queue are needed.
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Binds one SO_REUSEPORT listener per worker on `addr` (port 0 picks a free port
+    /// shared by all workers).
+    pub fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Server> {
+        let cfg = config.sanitized();
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
+        let first = listener(addr)?;
+        let local_addr = first.local_addr()?;
+        let mut std_listeners = vec![first];
+        for _ in 1..cfg.workers {
+            std_listeners.push(listener(local_addr)?);
+        }
+        let mut links = Vec::new();
+        let mut parts = Vec::new();
+        for (i, l) in std_listeners.into_iter().enumerate() {
+            let poll = mio::Poll::new()?;
+            let waker = mio::Waker::new(poll.registry(), worker::WAKER)?;
+            let (tx, rx) = channel();
+            links.push(WorkerLink {
+                tx,
+                waker,
+                metrics: Arc::new(WorkerMetrics::default()),
+            });
+            parts.push((poll, mio::net::TcpListener::from_std(l), rx));
+            let _ = i;
+        }
+        let shared = Arc::new(Shared {
+            cfg,
+            local_addr,
+            workers: links,
+            topics: RwLock::new(Default::default()),
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(Default::default()),
+            draining: AtomicBool::new(false),
+        });
+        Ok(Server { shared, parts })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// A handle to stop the server or publish, usable before and while it runs.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs the workers on their own threads; `factory(worker_index)` makes each
+    /// worker's handler. Returns at once.
+    pub fn start<H, F>(self, factory: F) -> io::Result<Running>
+    where
+        H: Handler,
+        F: Fn(usize) -> H,
+    {
+        let handle = self.handle();
+        let mut threads = Vec::new();
+        for (i, (poll, l, rx)) in self.parts.into_iter().enumerate() {
+            let w = worker::Worker::new(i, poll, l, rx, self.shared.clone(), factory(i))?;
+            let t = std::thread::Builder::new()
+                .name(format!("wsloop-worker-{i}"))
+                .spawn(move || w.run())?;
+            threads.push(t);
+        }
+        Ok(Running { handle, threads })
+    }
+
+    /// Runs the server until it is shut down (see [`Handle::shutdown`]).
+    pub fn run<H, F>(self, factory: F) -> io::Result<()>
+    where
+        H: Handler,
+        F: Fn(usize) -> H,
+    {
+        self.start(factory)?.join()
+    }
+}
+
+impl Running {
+    /// The server's handle.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Waits for every worker to exit.
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("a worker panicked")),
+            }
+        }
+        result
+    }
+}
+
+impl Handle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Graceful shutdown: stop accepting, send close 1001 to every client, wait for the
+    /// close handshakes (at most `drain_timeout`), then the workers exit.
+    pub fn shutdown(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        for w in &self.shared.workers {
+            w.send(Cmd::Shutdown);
+        }
+    }
+
+    /// Immediate stop: connections are dropped without a close handshake.
+    pub fn stop(&self) {
+        for w in &self.shared.workers {
+            w.send(Cmd::Stop);
+        }
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// A publisher for topics.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Upgraded connections open right now, over all workers.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::Relaxed)
+    }
+
+    /// Each worker's counters.
+    pub fn metrics(&self) -> Vec<Arc<WorkerMetrics>> {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| w.metrics.clone())
+            .collect()
+    }
+}

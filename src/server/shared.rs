@@ -1,0 +1,111 @@
+//! What the workers share: their inboxes, the topic view, admission counters and the
+//! shutdown flag. Touched on accept, subscribe and publish, never per message.
+
+use super::config::Config;
+use super::metrics::WorkerMetrics;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A message to a worker.
+pub(crate) enum Cmd {
+    /// Deliver a framed message to the worker's subscribers of `topic`.
+    Publish { topic: Arc<str>, frame: Arc<[u8]> },
+    /// Stop accepting, close every client with 1001, exit when drained.
+    Shutdown,
+    /// Exit now.
+    Stop,
+}
+
+/// One worker's inbox and waker.
+pub(crate) struct WorkerLink {
+    pub tx: Sender<Cmd>,
+    pub waker: mio::Waker,
+    pub metrics: Arc<WorkerMetrics>,
+}
+
+impl WorkerLink {
+    pub fn send(&self, cmd: Cmd) {
+        if self.tx.send(cmd).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                log::warn!("waking a worker failed: {e}");
+            }
+        }
+    }
+}
+
+/// State shared by all workers of a server.
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub local_addr: SocketAddr,
+    pub workers: Vec<WorkerLink>,
+    /// Topic -> bit set of workers with local subscribers.
+    pub topics: RwLock<HashMap<Box<str>, u64>>,
+    /// Upgraded connections over all workers.
+    pub open: AtomicUsize,
+    /// Upgraded connections per client IP (only when `max_conns_per_ip` is set).
+    pub per_ip: Mutex<HashMap<IpAddr, u32>>,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn topic_mask(&self, topic: &str) -> u64 {
+        self.topics
+            .read()
+            .map(|m| m.get(topic).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn set_topic_bit(&self, topic: &str, worker: usize, on: bool) {
+        let Ok(mut m) = self.topics.write() else {
+            return;
+        };
+        if on {
+            *m.entry(topic.into()).or_insert(0) |= 1 << worker;
+        } else if let Some(bits) = m.get_mut(topic) {
+            *bits &= !(1 << worker);
+            if *bits == 0 {
+                m.remove(topic);
+            }
+        }
+    }
+
+    /// Reserves a slot for a new open connection from `ip`; `Err` names the limit hit.
+    pub fn admit(&self, ip: IpAddr) -> Result<(), super::metrics::RejectReason> {
+        use super::metrics::RejectReason;
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(RejectReason::Draining);
+        }
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_conns {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(RejectReason::MaxConns);
+        }
+        if self.cfg.max_conns_per_ip != usize::MAX {
+            let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n as usize >= self.cfg.max_conns_per_ip {
+                drop(m);
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                return Err(RejectReason::MaxConnsPerIp);
+            }
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`Shared::admit`] reserved.
+    pub fn release(&self, ip: IpAddr) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if self.cfg.max_conns_per_ip != usize::MAX {
+            let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! A hashed timing wheel: O(1) schedule, cancel and reschedule; one per worker, driven
+//! by the poll timeout (no timer thread).
+//!
+//! Entries live in a slab and are linked intrusively into their slot's list, so
+//! scheduling allocates nothing once the slab has grown to its working size. A timer
+//! further away than one turn of the wheel stays in its slot and is skipped (checked
+//! against its deadline) on the turns before it is due; deadlines are rounded up, so
+//! nothing fires early.
+
+use slab::Slab;
+
+/// Identifies a scheduled timer (for cancel and reschedule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerId(u32);
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug)]
+struct Entry<T> {
+    deadline: u64,
+    prev: u32,
+    next: u32,
+    value: T,
+}
+
+/// The wheel. `T` is what a timer carries back when it fires.
+#[derive(Debug)]
+pub struct TimerWheel<T> {
+    slots: Box<[u32]>,
+    mask: u64,
+    entries: Slab<Entry<T>>,
+    /// Every tick before this one has been processed.
+    current: u64,
+}
+
+impl<T: Copy> TimerWheel<T> {
+    /// A wheel with `slots` slots (rounded up to a power of two).
+    pub fn new(slots: usize) -> Self {
+        let n = slots.max(2).next_power_of_two();
+        TimerWheel {
+            slots: vec![NIL; n].into_boxed_slice(),
+            mask: n as u64 - 1,
+            entries: Slab::new(),
+            current: 0,
+        }
+    }
+
+    /// Timers scheduled.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No timers scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The next tick to process.
+    pub fn current_tick(&self) -> u64 {
+        self.current
+    }
+
+    /// Schedules `value` to fire at `tick` (a tick already past fires on the next advance).
+    pub fn schedule(&mut self, tick: u64, value: T) -> TimerId {
+        let deadline = tick.max(self.current);
+        let key = self.entries.insert(Entry {
+            deadline,
+            prev: NIL,
+            next: NIL,
+            value,
+        });
+        self.link(key as u32);
+        TimerId(key as u32)
+    }
+
+    /// Cancels a timer; false if it already fired or was cancelled.
+    pub fn cancel(&mut self, id: TimerId) -> bool {
+        if !self.entries.contains(id.0 as usize) {
+            return false;
+        }
+        self.unlink(id.0);
+        self.entries.remove(id.0 as usize);
+        true
+    }
+
+    /// Moves a pending timer to `tick`; false if it is no longer pending.
+    pub fn reschedule(&mut self, id: TimerId, tick: u64) -> bool {
+        if !self.entries.contains(id.0 as usize) {
+            return false;
+        }
+        self.unlink(id.0);
+        self.entries[id.0 as usize].deadline = tick.max(self.current);
+        self.link(id.0);
+        true
+    }
+
+    /// Deadline of a pending timer.
+    pub fn deadline(&self, id: TimerId) -> Option<u64> {
+        self.entries.get(id.0 as usize).map(|e| e.deadline)
+    }
+
+    /// Processes every tick up to and including `now`, moving due timers into `out`
+    /// (at most `limit`; the rest stay due and come out on the next call).
+    pub fn advance(&mut self, now: u64, limit: usize, out: &mut Vec<(TimerId, T)>) {
+        while self.current <= now {
+            let slot = (self.current & self.mask) as usize;
+            let mut cur = self.slots[slot];
+            while cur != NIL {
+                let e = &self.entries[cur as usize];
+                let next = e.next;
+                if e.deadline <= self.current {
+                    if out.len() >= limit {
+                        return;
+                    }
+                    let value = e.value;
+                    self.unlink(cur);
+                    self.entries.remove(cur as usize);
+                    out.push((TimerId(cur), value));
+                }
+                cur = next;
+            }
+            self.current += 1;
+        }
+    }
+
+    /// Ticks from `now` until the earliest slot that holds a timer, scanning at most one
+    /// turn of the wheel; `None` when the wheel is empty.
+    pub fn ticks_until_next(&self, now: u64) -> Option<u64> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let from = self.current.max(now);
+        for d in 0..=self.mask {
+            if self.slots[((from + d) & self.mask) as usize] != NIL {
+                return Some(from + d - now);
+            }
+        }
+        Some(self.mask + 1)
+    }
+
+    fn link(&mut self, key: u32) {
+        let slot = (self.entries[key as usize].deadline & self.mask) as usize;
+        let head = self.slots[slot];
+        {
+            let e = &mut self.entries[key as usize];
+            e.prev = NIL;
+            e.next = head;
+        }
+        if head != NIL {
+            self.entries[head as usize].prev = key;
+        }
+        self.slots[slot] = key;
+    }
+
+    fn unlink(&mut self, key: u32) {
+        let (prev, next, deadline) = {
+            let e = &self.entries[key as usize];
+            (e.prev, e.next, e.deadline)
+        };
+        if prev != NIL {
+            self.entries[prev as usize].next = next;
+        } else {
+            self.slots[(deadline & self.mask) as usize] = next;
+        }
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fire(w: &mut TimerWheel<u32>, now: u64) -> Vec<u32> {
+        let mut out = Vec::new();
+        w.advance(now, usize::MAX, &mut out);
+        let mut v: Vec<u32> = out.into_iter().map(|(_, v)| v).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn fires_at_the_deadline_not_before() {
+        let mut w = TimerWheel::new(8);
+        w.schedule(3, 1);
+        assert_eq!(fire(&mut w, 2), Vec::<u32>::new());
+        assert_eq!(fire(&mut w, 3), vec![1]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn wraps_around_the_wheel_several_times() {
+        let mut w = TimerWheel::new(8);
+        w.schedule(5, 1);
+        w.schedule(13, 2); // same slot, one turn later
+        w.schedule(29, 3); // three turns later
+        assert_eq!(fire(&mut w, 5), vec![1]);
+        assert_eq!(fire(&mut w, 12), Vec::<u32>::new());
+        assert_eq!(fire(&mut w, 13), vec![2]);
+        assert_eq!(fire(&mut w, 28), Vec::<u32>::new());
+        assert_eq!(fire(&mut w, 100), vec![3]);
+    }
+
+    #[test]
+    fn cancel_after_fire_is_a_no_op() {
+        let mut w = TimerWheel::new(8);
+        let id = w.schedule(1, 7);
+        assert_eq!(fire(&mut w, 1), vec![7]);
+        assert!(!w.cancel(id));
+        assert!(!w.reschedule(id, 5));
+        // The freed slot is reused; the stale id must not cancel the new timer by
+        // accident when the caller tracks fired ids (the worker clears its copy on fire).
+        let id2 = w.schedule(4, 8);
+        assert!(w.cancel(id2));
+        assert_eq!(fire(&mut w, 10), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn reschedule_moves_earlier_and_later() {
+        let mut w = TimerWheel::new(16);
+        let a = w.schedule(10, 1);
+        let b = w.schedule(10, 2);
+        assert!(w.reschedule(a, 3));
+        assert!(w.reschedule(b, 40));
+        assert_eq!(fire(&mut w, 3), vec![1]);
+        assert_eq!(fire(&mut w, 39), Vec::<u32>::new());
+        assert_eq!(fire(&mut w, 40), vec![2]);
+    }
+
+    #[test]
+    fn many_timers_in_one_slot_and_cancel_in_the_middle() {
+        let mut w = TimerWheel::new(4);
+        let ids: Vec<TimerId> = (0..1000)
+            .map(|i| w.schedule(2 + 4 * (i % 3) as u64, i))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            if i % 2 == 1 {
+                assert!(w.cancel(*id));
+            }
+        }
+        let fired = fire(&mut w, 2);
+        assert_eq!(
+            fired.len(),
+            (0..1000).filter(|i| i % 2 == 0 && i % 3 == 0).count()
+        );
+        let fired = fire(&mut w, 20);
+        assert_eq!(
+            fired.len(),
+            (0..1000).filter(|i| i % 2 == 0 && i % 3 != 0).count()
+        );
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn past_deadlines_fire_on_the_next_advance_and_limit_is_respected() {
+        let mut w = TimerWheel::new(8);
+        fire(&mut w, 10);
+        for i in 0..5 {
+            w.schedule(3, i);
+        }
+        let mut out = Vec::new();
+        w.advance(11, 2, &mut out);
+        assert_eq!(out.len(), 2);
+        out.clear();
+        w.advance(11, 10, &mut out);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn ticks_until_next() {
+        let mut w = TimerWheel::new(8);
+        assert_eq!(w.ticks_until_next(0), None);
+        w.schedule(5, 1);
+        assert_eq!(w.ticks_until_next(0), Some(5));
+        w.schedule(100, 2);
+        // A slot holding a later turn's timer wakes the loop early, never late.
+        assert_eq!(w.ticks_until_next(0), Some(4));
+    }
+}

@@ -1,0 +1,939 @@
+//! One worker: a mio event loop that owns its connections, buffers and timers. A thin
+//! driver around the sans-IO core: read into the ring, decode, call the handler, flush.
+
+use super::conn::{flag, Conn, Core, Flushed, Phase};
+use super::ctx::{Connection, Ctx, TimerEvent};
+use super::handler::{Accept, ConnId, Handler, Message, Reject};
+use super::metrics::{RejectReason, TimeoutKind};
+use super::shared::{Cmd, Shared};
+use crate::proto::frame::OpCode;
+use crate::proto::handshake::{
+    header_storage, parse_request, write_accept, write_error, write_reject, ParseStatus,
+};
+use crate::proto::{CloseCode, Event};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+
+/// Work bounds per loop turn, so one busy source cannot starve the others.
+const MAX_ACCEPTS_PER_TURN: usize = 256;
+const MAX_INBOX_PER_TURN: usize = 4096;
+const MAX_TIMERS_PER_TURN: usize = 8192;
+
+/// errno values for "too many open files" (process, system).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+pub(crate) struct Worker<H: Handler> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    inbox: Receiver<Cmd>,
+    conns: Slab<Conn>,
+    handler: H,
+    ctx: Ctx,
+    next_generation: u32,
+    accept_paused_until: Option<Instant>,
+    accept_more: bool,
+    fd_exhaustion_logged: bool,
+    drain_deadline: Option<Instant>,
+    stop: bool,
+    expired: Vec<(super::timer::TimerId, TimerEvent)>,
+    work: Vec<u32>,
+}
+
+impl<H: Handler> Worker<H> {
+    pub fn new(
+        id: usize,
+        poll: Poll,
+        mut listener: TcpListener,
+        inbox: Receiver<Cmd>,
+        shared: Arc<Shared>,
+        handler: H,
+    ) -> io::Result<Self> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Worker {
+            poll,
+            listener: Some(listener),
+            inbox,
+            conns: Slab::new(),
+            handler,
+            ctx: Ctx::new(id, shared),
+            next_generation: 1,
+            accept_paused_until: None,
+            accept_more: false,
+            fd_exhaustion_logged: false,
+            drain_deadline: None,
+            stop: false,
+            expired: Vec::new(),
+            work: Vec::new(),
+        })
+    }
+
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let busy = Instant::now();
+            self.update_clock(busy);
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.drain_inbox(),
+                    Token(k) => {
+                        let key = k as u32;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(key);
+                        }
+                        if ev.is_writable() {
+                            self.flush(key);
+                        }
+                    }
+                }
+            }
+            self.after_events(busy);
+            if self.stop {
+                break;
+            }
+        }
+        self.close_all("server stopped");
+        Ok(())
+    }
+
+    fn update_clock(&mut self, now: Instant) {
+        let ticks = now.duration_since(self.ctx.start).as_nanos() / self.ctx.cfg.tick.as_nanos();
+        self.ctx.now_tick = ticks.min(u32::MAX as u128) as u32;
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if self.accept_more || !self.ctx.local_pubs.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut t: Option<Duration> = None;
+        let mut min = |d: Duration| t = Some(t.map_or(d, |x| x.min(d)));
+        if let Some(ticks) = self.ctx.wheel.ticks_until_next(self.ctx.now_tick as u64) {
+            let at = self.ctx.start + self.ctx.cfg.tick * (self.ctx.now_tick + ticks as u32);
+            min(at.saturating_duration_since(now));
+        }
+        if let Some(since) = self.ctx.deferred_since {
+            min((since + self.ctx.cfg.broadcast_coalesce).saturating_duration_since(now));
+        }
+        if let Some(at) = self.accept_paused_until {
+            min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.drain_deadline {
+            min(at.saturating_duration_since(now));
+        }
+        t
+    }
+
+    /// Everything that runs once per loop turn after the events: local publishes,
+    /// timers, flushes, accept resumption, drain progress, metrics.
+    fn after_events(&mut self, busy: Instant) {
+        self.deliver_local_pubs();
+        let now = Instant::now();
+        if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        self.run_timers();
+        self.deliver_local_pubs();
+        self.flush_dirty();
+        if let Some(since) = self.ctx.deferred_since {
+            if now.duration_since(since) >= self.ctx.cfg.broadcast_coalesce {
+                self.flush_deferred();
+            }
+        }
+        if let Some(deadline) = self.drain_deadline {
+            if self.conns.is_empty() {
+                self.stop = true;
+            } else if now >= deadline {
+                log::warn!(
+                    "worker {}: drain timeout, dropping {} connections",
+                    self.ctx.id,
+                    self.conns.len()
+                );
+                self.stop = true;
+            }
+        }
+        let m = &self.ctx.metrics;
+        m.loop_iterations.inc();
+        m.loop_busy_ns.add(busy.elapsed().as_nanos() as u64);
+    }
+
+    // ---- accepting ---------------------------------------------------------------
+
+    fn accept(&mut self) {
+        self.accept_more = false;
+        for _ in 0..MAX_ACCEPTS_PER_TURN {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    self.ctx.metrics.accepted.inc();
+                    self.add_conn(stream, addr.ip());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                    // EMFILE / ENFILE: keep serving, retry accepting shortly.
+                    if !self.fd_exhaustion_logged {
+                        log::warn!(
+                            "worker {}: out of file descriptors ({e}) with {} connections; pausing accept for {:?}",
+                            self.ctx.id,
+                            self.conns.len(),
+                            self.ctx.cfg.accept_pause
+                        );
+                        self.fd_exhaustion_logged = true;
+                    }
+                    self.accept_paused_until = Some(Instant::now() + self.ctx.cfg.accept_pause);
+                    return;
+                }
+                Err(e) => log::debug!("accept: {e}"),
+            }
+        }
+        self.accept_more = true;
+    }
+
+    fn add_conn(&mut self, mut stream: mio::net::TcpStream, ip: std::net::IpAddr) {
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key >= u32::MAX as usize - 4 {
+            return;
+        }
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+        {
+            log::warn!("register: {e}");
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let now = self.ctx.now_tick;
+        let conn = entry.insert(Conn::new(stream, ip, generation, now));
+        self.fd_exhaustion_logged = false;
+        let at = now.saturating_add(self.ctx.ticks.handshake);
+        self.ctx.arm(&mut conn.core, key as u32, at);
+    }
+
+    // ---- reading -----------------------------------------------------------------
+
+    /// Reads until the socket is drained (a short read means it is: edge-triggered
+    /// epoll reports the next arrival as a new event), decoding after each read.
+    fn read(&mut self, key: u32) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return;
+            };
+            if conn.core.has(flag::READ_PAUSED) {
+                conn.core.set(flag::MAYBE_READABLE, true);
+                return;
+            }
+            conn.core.set(flag::MAYBE_READABLE, false);
+            let ring = conn.rbuf.get_or_insert_with(|| self.ctx.rpool.take());
+            if ring.free() == 0 {
+                // A full ring the decoder could not use: cannot happen with
+                // inline_limit == ring size, but never spin on it.
+                log::error!("read buffer full without progress; dropping connection");
+                self.remove(key, CloseCode::INTERNAL_ERROR, "read buffer stalled");
+                return;
+            }
+            let free = ring.free();
+            match ring.read_from(&mut conn.core.stream) {
+                Ok(0) => {
+                    self.on_eof(key);
+                    return;
+                }
+                Ok(n) => {
+                    self.ctx.metrics.bytes_in.add(n as u64);
+                    conn.core.last_rx = self.ctx.now_tick;
+                    self.process(key);
+                    if n < free {
+                        self.release_rbuf(key);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.release_rbuf(key);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("read: {e}");
+                    self.remove(key, CloseCode::ABNORMAL, "connection reset");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn release_rbuf(&mut self, key: u32) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if conn.rbuf.as_ref().is_some_and(|r| r.is_empty()) {
+                if let Some(r) = conn.rbuf.take() {
+                    self.ctx.rpool.give(r);
+                }
+            }
+        }
+    }
+
+    fn on_eof(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let (code, why) = match conn.core.phase {
+            Phase::Closed | Phase::Closing if conn.core.has(flag::PEER_CLOSED) => {
+                (CloseCode(conn.core.close_code), "closed")
+            }
+            Phase::Closed => (CloseCode(conn.core.close_code), "closed"),
+            _ => (CloseCode::ABNORMAL, "peer went away without a close frame"),
+        };
+        self.remove(key, code, why);
+    }
+
+    fn process(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match conn.core.phase {
+            Phase::Handshaking => self.handshake(key),
+            Phase::Open | Phase::Closing => self.frames(key),
+            Phase::Closed => {
+                // Lingering after our close: the peer's bytes are of no interest.
+                if let Some(r) = conn.rbuf.as_mut() {
+                    let n = r.len();
+                    r.consume(n);
+                }
+            }
+        }
+    }
+
+    fn handshake(&mut self, key: u32) {
+        let Worker {
+            conns,
+            ctx,
+            handler,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key as usize) else {
+            return;
+        };
+        let Some(mut ring) = conn.rbuf.take() else {
+            return;
+        };
+        let mut storage = header_storage();
+        let data = ring.make_contiguous();
+        let outcome = parse_request(data, &mut storage, &ctx.limits);
+        let consumed = match outcome {
+            Ok(ParseStatus::Partial) => 0,
+            Err(e) => {
+                log::debug!("handshake refused from {}: {e}", conn.core.ip);
+                ctx.metrics.handshake_failed(e.status());
+                ctx.metrics.reject(RejectReason::BadHandshake);
+                let mut resp = [0u8; 512];
+                if let Ok(n) = write_error(&mut resp, e) {
+                    conn.core.out.push(&mut ctx.wpool, &resp[..n]);
+                }
+                ctx.enter_closed(&mut conn.core, key);
+                data.len()
+            }
+            Ok(ParseStatus::Complete(req, head_len)) => {
+                if let Err(reason) = ctx.shared.admit(conn.core.ip) {
+                    ctx.metrics.reject(reason);
+                    ctx.metrics.handshake_failed(503);
+                    log::info!("refusing {}: {}", conn.core.ip, reason.label());
+                    let mut resp = [0u8; 512];
+                    if let Ok(n) = write_reject(
+                        &mut resp,
+                        503,
+                        "server busy, try again later",
+                        b"Retry-After: 1\r\n",
+                    ) {
+                        conn.core.out.push(&mut ctx.wpool, &resp[..n]);
+                    }
+                    ctx.enter_closed(&mut conn.core, key);
+                    data.len()
+                } else {
+                    let mut c = Connection {
+                        core: &mut conn.core,
+                        ctx: &mut *ctx,
+                        key,
+                    };
+                    let decision = handler.on_open(&mut c, &req);
+                    match decision {
+                        Ok(accept) => accept_upgrade(ctx, &mut conn.core, key, &req, accept),
+                        Err(reject) => refuse(ctx, &mut conn.core, key, reject),
+                    }
+                    head_len
+                }
+            }
+        };
+        ring.consume(consumed);
+        conn.rbuf = Some(ring);
+        if conn.core.phase == Phase::Open && conn.rbuf.as_ref().is_some_and(|r| !r.is_empty()) {
+            // A client may pipeline its first frames behind the request.
+            self.frames(key);
+        }
+    }
+
+    fn frames(&mut self, key: u32) {
+        let Worker {
+            conns,
+            ctx,
+            handler,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key as usize) else {
+            return;
+        };
+        let Conn {
+            rbuf,
+            decoder,
+            core,
+        } = conn;
+        let Some(mut ring) = rbuf.take() else { return };
+        let data = ring.make_contiguous();
+        let mut pos = 0;
+        let mut msgs = 0u64;
+        let started = Instant::now();
+        loop {
+            if core.phase == Phase::Closed {
+                pos = data.len();
+                break;
+            }
+            if core.has(flag::READ_PAUSED) {
+                break;
+            }
+            let (n, ev) = match decoder.decode(&mut data[pos..], &ctx.dec) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::debug!("protocol error from {}: {e}", core.ip);
+                    ctx.fail(core, key, e.close_code(), e.reason());
+                    pos = data.len();
+                    break;
+                }
+            };
+            pos += n;
+            let Some(ev) = ev else {
+                if n == 0 {
+                    break;
+                }
+                continue;
+            };
+            let m = &ctx.metrics;
+            match ev {
+                Event::Text(_) | Event::Binary(_) if core.phase != Phase::Open => {}
+                Event::Text(s) => {
+                    m.frames_in[1].inc();
+                    msgs += 1;
+                    if rate_limited(ctx, core, key) {
+                        continue;
+                    }
+                    handler.on_message(&mut Connection { core, ctx, key }, Message::Text(s));
+                }
+                Event::Binary(b) => {
+                    m.frames_in[2].inc();
+                    msgs += 1;
+                    if rate_limited(ctx, core, key) {
+                        continue;
+                    }
+                    handler.on_message(&mut Connection { core, ctx, key }, Message::Binary(b));
+                }
+                Event::Ping(p) => {
+                    m.frames_in[4].inc();
+                    if core.phase == Phase::Open {
+                        let _ = ctx.send_frame(core, key, OpCode::Pong, p);
+                    }
+                }
+                Event::Pong(_) => m.frames_in[5].inc(),
+                Event::Close(close) => {
+                    m.frames_in[3].inc();
+                    core.set(flag::PEER_CLOSED, true);
+                    if core.phase == Phase::Open {
+                        // Echo the code (RFC 6455 5.5.1); an empty close gets an empty one.
+                        ctx.queue_close(core, key, close.map(|(c, _)| (c, "")));
+                    }
+                    if core.phase != Phase::Closing {
+                        core.close_code = close.map_or(CloseCode::NO_STATUS.0, |(c, _)| c.0);
+                    }
+                    ctx.enter_closed(core, key);
+                    pos = data.len();
+                    break;
+                }
+            }
+        }
+        ring.consume(pos);
+        *rbuf = Some(ring);
+        if msgs > 0 {
+            let m = &ctx.metrics;
+            m.messages_in.add(msgs);
+            let per = started.elapsed().as_nanos() as u64 / msgs;
+            m.observe_latency_ns(per);
+        }
+    }
+
+    // ---- writing -----------------------------------------------------------------
+
+    fn flush_dirty(&mut self) {
+        let mut work = std::mem::take(&mut self.work);
+        std::mem::swap(&mut work, &mut self.ctx.dirty);
+        for &key in &work {
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                conn.core.set(flag::DIRTY, false);
+                self.flush(key);
+            }
+        }
+        work.clear();
+        self.work = work;
+    }
+
+    fn flush_deferred(&mut self) {
+        self.ctx.deferred_since = None;
+        let mut work = std::mem::take(&mut self.work);
+        std::mem::swap(&mut work, &mut self.ctx.deferred);
+        for &key in &work {
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                conn.core.set(flag::DEFERRED, false);
+                self.flush(key);
+            }
+        }
+        work.clear();
+        self.work = work;
+    }
+
+    fn flush(&mut self, key: u32) {
+        let Worker {
+            conns,
+            ctx,
+            handler,
+            poll,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key as usize) else {
+            return;
+        };
+        let core = &mut conn.core;
+        let res = core.out.flush(&mut ctx.wpool, &mut core.stream);
+        match res {
+            Err(e) => {
+                log::debug!("write: {e}");
+                self.remove(key, CloseCode::ABNORMAL, "connection reset");
+            }
+            Ok((n, Flushed::Pending)) => {
+                ctx.metrics.bytes_out.add(n as u64);
+                if n > 0 {
+                    core.tx_since = ctx.now_tick;
+                }
+                if !core.has(flag::WRITE_INTEREST) {
+                    core.set(flag::WRITE_INTEREST, true);
+                    let _ = poll.registry().reregister(
+                        &mut core.stream,
+                        Token(key as usize),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    // The write-stall clock runs from now.
+                    let at = ctx.now_tick.saturating_add(ctx.ticks.idle);
+                    ctx.arm(core, key, at);
+                }
+            }
+            Ok((n, Flushed::Empty)) => {
+                ctx.metrics.bytes_out.add(n as u64);
+                let was_blocked = core.has(flag::WRITE_INTEREST) || core.has(flag::OVER_CAP);
+                if core.has(flag::WRITE_INTEREST) {
+                    core.set(flag::WRITE_INTEREST, false);
+                    let _ = poll.registry().reregister(
+                        &mut core.stream,
+                        Token(key as usize),
+                        Interest::READABLE,
+                    );
+                }
+                core.set(flag::OVER_CAP, false);
+                match core.phase {
+                    Phase::Closed => self.finish_closed(key),
+                    Phase::Open => {
+                        if was_blocked {
+                            handler.on_drain(&mut Connection { core, ctx, key });
+                        }
+                        if core.has(flag::READ_PAUSED) && core.out.len() <= ctx.cfg.max_backpressure
+                        {
+                            core.set(flag::READ_PAUSED, false);
+                            // Bytes may be waiting in the ring or the socket; no new
+                            // readiness edge will announce them.
+                            let pending = conn.rbuf.as_ref().is_some_and(|r| !r.is_empty());
+                            let maybe = core.has(flag::MAYBE_READABLE);
+                            if pending {
+                                self.process(key);
+                            }
+                            if maybe || pending {
+                                self.read(key);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Closed and flushed: drop now if the peer already closed, else shut our side
+    /// down and linger for its EOF (so unread input does not turn into a reset that
+    /// destroys the close frame in flight).
+    fn finish_closed(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.core.has(flag::PEER_CLOSED) {
+            let code = CloseCode(conn.core.close_code);
+            self.remove(key, code, "closed");
+            return;
+        }
+        if !conn.core.has(flag::WRITE_SHUT) {
+            conn.core.set(flag::WRITE_SHUT, true);
+            let _ = conn.core.stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    // ---- timers ------------------------------------------------------------------
+
+    fn run_timers(&mut self) {
+        let now = self.ctx.now_tick as u64;
+        let mut expired = std::mem::take(&mut self.expired);
+        self.ctx
+            .wheel
+            .advance(now, MAX_TIMERS_PER_TURN, &mut expired);
+        for (id, ev) in expired.drain(..) {
+            match ev {
+                TimerEvent::Conn { key, generation } => {
+                    let Some(conn) = self.conns.get_mut(key as usize) else {
+                        continue;
+                    };
+                    if conn.core.generation != generation || conn.core.timer != Some(id) {
+                        continue;
+                    }
+                    conn.core.timer = None;
+                    self.check_timeouts(key);
+                }
+                TimerEvent::App {
+                    key,
+                    generation,
+                    token,
+                } => {
+                    let Worker {
+                        conns,
+                        ctx,
+                        handler,
+                        ..
+                    } = self;
+                    let Some(conn) = conns.get_mut(key as usize) else {
+                        continue;
+                    };
+                    if conn.core.generation != generation || conn.core.phase != Phase::Open {
+                        continue;
+                    }
+                    handler.on_timer(
+                        &mut Connection {
+                            core: &mut conn.core,
+                            ctx,
+                            key,
+                        },
+                        token,
+                    );
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    /// The one place timeouts are decided; re-arms the connection's single timer for
+    /// whatever is due next (last activity is stored, not rescheduled per message).
+    fn check_timeouts(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let ctx = &mut self.ctx;
+        let core = &mut conn.core;
+        let now = ctx.now_tick;
+        let t = ctx.ticks;
+        let next = match core.phase {
+            Phase::Handshaking => {
+                let due = core.phase_since.saturating_add(t.handshake);
+                if now >= due {
+                    ctx.metrics.timeout(TimeoutKind::Handshake);
+                    log::debug!("handshake timeout from {}", core.ip);
+                    self.remove(key, CloseCode::ABNORMAL, "handshake timeout");
+                    return;
+                }
+                due
+            }
+            Phase::Open => {
+                if !core.out.is_empty() && now >= core.tx_since.saturating_add(t.idle) {
+                    ctx.metrics.timeout(TimeoutKind::WriteStall);
+                    log::info!(
+                        "closing {}: outgoing buffer did not drain for {:?}",
+                        core.ip,
+                        ctx.cfg.idle_timeout
+                    );
+                    self.remove(key, CloseCode::ABNORMAL, "write stall");
+                    return;
+                }
+                let idle_due = core.last_rx.saturating_add(t.idle);
+                if now >= idle_due {
+                    ctx.metrics.timeout(TimeoutKind::Idle);
+                    log::debug!("closing {}: idle for {:?}", core.ip, ctx.cfg.idle_timeout);
+                    ctx.close(core, key, CloseCode::GOING_AWAY, "idle timeout");
+                    return;
+                }
+                // Ping after ping_interval of silence, then every ping_interval until
+                // something arrives or idle_timeout closes it.
+                let quiet_since = core.last_rx.max(core.last_ping);
+                let mut ping_due = quiet_since.saturating_add(t.ping);
+                if now >= ping_due {
+                    let _ = ctx.send_frame(core, key, OpCode::Ping, b"");
+                    core.last_ping = now;
+                    ping_due = now.saturating_add(t.ping);
+                }
+                let mut next = idle_due.min(ping_due);
+                if !core.out.is_empty() {
+                    next = next.min(core.tx_since.saturating_add(t.idle));
+                }
+                next
+            }
+            Phase::Closing | Phase::Closed => {
+                let due = core.phase_since.saturating_add(t.close);
+                if now >= due {
+                    if core.phase == Phase::Closing {
+                        ctx.metrics.timeout(TimeoutKind::Close);
+                    }
+                    let code = CloseCode(core.close_code);
+                    self.remove(key, code, "close handshake timed out");
+                    return;
+                }
+                due
+            }
+        };
+        ctx.arm(core, key, next);
+    }
+
+    // ---- inbox and pub/sub -------------------------------------------------------
+
+    fn drain_inbox(&mut self) {
+        for _ in 0..MAX_INBOX_PER_TURN {
+            match self.inbox.try_recv() {
+                Ok(Cmd::Publish { topic, frame }) => self.deliver(&topic, &frame),
+                Ok(Cmd::Shutdown) => self.begin_drain(),
+                Ok(Cmd::Stop) => self.stop = true,
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.stop = true;
+                    return;
+                }
+            }
+        }
+        // More left: come back next turn without waiting for a new wake-up.
+        let _ = self.ctx.shared.workers[self.ctx.id].waker.wake();
+    }
+
+    fn deliver_local_pubs(&mut self) {
+        while !self.ctx.local_pubs.is_empty() {
+            let pubs = std::mem::take(&mut self.ctx.local_pubs);
+            for (topic, frame) in &pubs {
+                self.deliver(topic, frame);
+            }
+        }
+    }
+
+    fn deliver(&mut self, topic: &str, frame: &[u8]) {
+        let Some(keys) = self.ctx.topics.take(topic) else {
+            return;
+        };
+        for &key in &keys {
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                self.ctx.deliver(&mut conn.core, key, frame);
+            }
+        }
+        self.ctx.topics.restore(topic, keys);
+    }
+
+    // ---- shutdown and removal ----------------------------------------------------
+
+    fn begin_drain(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        self.drain_deadline = Some(Instant::now() + self.ctx.cfg.drain_timeout);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
+            match conn.core.phase {
+                Phase::Handshaking => self.remove(key, CloseCode::ABNORMAL, "server shutting down"),
+                Phase::Open => self.ctx.close(
+                    &mut conn.core,
+                    key,
+                    CloseCode::GOING_AWAY,
+                    "server shutting down",
+                ),
+                _ => {}
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn close_all(&mut self, why: &str) {
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            self.remove(key, CloseCode::ABNORMAL, why);
+        }
+    }
+
+    /// Drops a connection from any phase: the one exit. Gives its buffers back, leaves
+    /// its topics, releases its admission slot and tells the handler.
+    fn remove(&mut self, key: u32, code: CloseCode, reason: &str) {
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let mut conn = self.conns.remove(key as usize);
+        let ctx = &mut self.ctx;
+        if let Some(id) = conn.core.timer.take() {
+            ctx.wheel.cancel(id);
+        }
+        if let Some(r) = conn.rbuf.take() {
+            ctx.rpool.give(r);
+        }
+        conn.core.out.discard(&mut ctx.wpool);
+        if let Some(topics) = conn.core.topics.take() {
+            for t in topics.iter() {
+                if ctx.topics.unsubscribe(t, key) {
+                    ctx.shared.set_topic_bit(t, ctx.id, false);
+                }
+            }
+        }
+        ctx.metrics.close(code.0);
+        if conn.core.has(flag::OPENED) {
+            ctx.metrics.open.sub(1);
+            ctx.shared.release(conn.core.ip);
+            let id = ConnId {
+                worker: ctx.id as u16,
+                key,
+                generation: conn.core.generation,
+            };
+            self.handler.on_close(id, code, reason);
+        }
+        // Dropping the stream closes the socket; epoll forgets a closed descriptor.
+    }
+}
+
+/// Token bucket check for one incoming message; closes with 1008 when empty.
+fn rate_limited(ctx: &mut Ctx, core: &mut Core, key: u32) -> bool {
+    let Some(rate) = ctx.cfg.max_msg_rate else {
+        return false;
+    };
+    let now = ctx.now_tick;
+    let elapsed = now.wrapping_sub(core.tokens_tick) as u64;
+    if elapsed > 0 {
+        let per_tick = rate as u64 * ctx.cfg.tick.as_micros() as u64;
+        let add = (elapsed * per_tick / 1_000_000) as u32;
+        if add > 0 || core.tokens_tick == 0 {
+            core.tokens = core.tokens.saturating_add(add).min(rate);
+            core.tokens_tick = now;
+        }
+    }
+    if core.tokens == 0 {
+        ctx.metrics.rate_limited.inc();
+        log::info!("closing {}: message rate over {rate}/s", core.ip);
+        ctx.close(
+            core,
+            key,
+            CloseCode::POLICY_VIOLATION,
+            "message rate limit exceeded",
+        );
+        return true;
+    }
+    core.tokens -= 1;
+    false
+}
+
+fn accept_upgrade(
+    ctx: &mut Ctx,
+    core: &mut Core,
+    key: u32,
+    req: &crate::proto::Request<'_, '_>,
+    accept: Accept<'_>,
+) {
+    let protocol = accept.protocol.filter(|p| req.protocols().any(|o| o == *p));
+    let mut resp = [0u8; 1024];
+    match write_accept(&mut resp, req, protocol, b"") {
+        Ok(n) if core.out.push_front(&mut ctx.wpool, &resp[..n]) => {
+            core.phase = Phase::Open;
+            core.set(flag::OPENED, true);
+            core.phase_since = ctx.now_tick;
+            core.last_rx = ctx.now_tick;
+            core.last_ping = ctx.now_tick;
+            core.tokens = ctx.cfg.max_msg_rate.unwrap_or(0);
+            core.tokens_tick = ctx.now_tick;
+            ctx.metrics.open.add(1);
+            ctx.mark_dirty(core, key);
+            let at = ctx
+                .now_tick
+                .saturating_add(ctx.ticks.ping.min(ctx.ticks.idle));
+            if let Some(id) = core.timer {
+                ctx.wheel.reschedule(id, at as u64);
+            } else {
+                ctx.arm(core, key, at);
+            }
+        }
+        _ => refuse(ctx, core, key, Reject::new(500, "response too large")),
+    }
+}
+
+/// Answers a refused upgrade with its HTTP status. Called only after admission was
+/// granted, which it gives back.
+fn refuse(ctx: &mut Ctx, core: &mut Core, key: u32, reject: Reject) {
+    // Whatever on_open queued must not follow an error response.
+    core.out.discard(&mut ctx.wpool);
+    ctx.shared.release(core.ip);
+    log::info!(
+        "handshake from {} refused: {} {}",
+        core.ip,
+        reject.status,
+        reject.reason
+    );
+    ctx.metrics.handshake_failed(reject.status);
+    let reason = match reject.status {
+        401 => RejectReason::Auth,
+        403 => RejectReason::Origin,
+        _ => RejectReason::Application,
+    };
+    ctx.metrics.reject(reason);
+    let mut extra = String::new();
+    for h in &reject.headers {
+        extra.push_str(h);
+        extra.push_str("\r\n");
+    }
+    let mut resp = vec![0u8; 512 + reject.reason.len() + extra.len()];
+    if let Ok(n) = write_reject(&mut resp, reject.status, &reject.reason, extra.as_bytes()) {
+        core.out.push(&mut ctx.wpool, &resp[..n]);
+    }
+    ctx.enter_closed(core, key);
+}
