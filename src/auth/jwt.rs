@@ -1,0 +1,858 @@
+//! JWT bearer tokens (RFC 7519, compact JWS of RFC 7515): HS256 with a shared secret,
+//! RS256 and ES256 with a PEM public key (RFC 7518 section 3). Feature `jwt`.
+//!
+//! A [`JwtVerifier`] holds one key for one algorithm. A token is accepted only if:
+//!
+//! 1. it is three base64url parts (no padding), at most `max_token_len` bytes;
+//! 2. its header's `alg` is exactly the configured algorithm. `none` is always refused,
+//!    and no key is ever used with another algorithm than the one it was configured for,
+//!    which closes the RS256-public-key-as-HMAC-secret confusion;
+//! 3. the signature verifies (only then is the payload parsed);
+//! 4. `exp` is present (unless [`JwtVerifier::require_exp`]`(false)`) and not past, and
+//!    `nbf`, if present, is not in the future, both within the leeway (default 30 s);
+//! 5. `iss` equals the configured issuer, if one is configured;
+//! 6. `aud` names a configured audience if any is configured, and is absent otherwise.
+//!
+//! The caller passes the time (`now_unix`, seconds since the epoch): the verifier reads
+//! no clock, so tests and the engine's timer wheel decide what "now" is.
+//!
+//! ```
+//! use wsloop::auth::{AuthError, JwtVerifier};
+//! let verifier = JwtVerifier::from_secret(b"0123456789abcdef0123456789abcdef")?
+//!     .issuer("https://issuer.example")
+//!     .audience("wsloop");
+//! // A token that is not a JWT, refused with the challenge header for the 401.
+//! let err = verifier.verify("not-a-jwt", 1_700_000_000).unwrap_err();
+//! assert_eq!(err, AuthError::Malformed);
+//! assert!(err.www_authenticate().contains("error=\"invalid_token\""));
+//! # Ok::<(), AuthError>(())
+//! ```
+
+use super::{bearer, AuthError};
+use crate::proto::handshake::Request;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use p256::ecdsa::signature::Verifier;
+use p256::pkcs8::DecodePublicKey;
+use rsa::pkcs1::DecodeRsaPublicKey;
+use rsa::traits::PublicKeyParts;
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use std::fmt;
+use std::time::Duration;
+
+/// Default for [`JwtVerifier::leeway`].
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Default for [`JwtVerifier::max_token_len`]: 8 KiB, the size of the whole default
+/// request head.
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 << 10;
+
+/// Shortest HMAC secret accepted: the hash output size (RFC 7518 section 3.2).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Smallest RSA modulus accepted, in bits (RFC 7518 section 3.3).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// The signature algorithm a verifier accepts (RFC 7518 section 3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alg {
+    /// HMAC with SHA-256, shared secret.
+    Hs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, RSA public key of at least 2048 bits.
+    Rs256,
+    /// ECDSA on P-256 with SHA-256, signature as 64 bytes `r || s`.
+    Es256,
+}
+
+impl Alg {
+    /// The `alg` header value: `HS256`, `RS256` or `ES256`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::Hs256 => "HS256",
+            Alg::Rs256 => "RS256",
+            Alg::Es256 => "ES256",
+        }
+    }
+}
+
+/// The key, which fixes the algorithm: there is no way to use one with another.
+#[derive(Clone)]
+enum Key {
+    /// Keyed once; cloned per token, which skips re-hashing the secret.
+    Hs256(Hmac<Sha256>),
+    Rs256(rsa::pkcs1v15::VerifyingKey<Sha256>),
+    Es256(p256::ecdsa::VerifyingKey),
+}
+
+/// Checks JWTs against one key. Build it once at start-up, share it across workers.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    key: Key,
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    leeway_secs: u64,
+    require_exp: bool,
+    max_token_len: usize,
+}
+
+impl JwtVerifier {
+    /// An HS256 verifier with a shared secret of at least [`MIN_SECRET_LEN`] bytes;
+    /// shorter is [`AuthError::KeyError`].
+    pub fn from_secret(secret: &[u8]) -> Result<Self, AuthError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(AuthError::KeyError);
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| AuthError::KeyError)?;
+        Ok(Self::with_key(Key::Hs256(mac)))
+    }
+
+    /// An RS256 or ES256 verifier with a PEM public key: `PUBLIC KEY` (SubjectPublicKeyInfo,
+    /// what `openssl pkey -pubout` writes) for either, or `RSA PUBLIC KEY` (PKCS#1) for
+    /// RS256. [`AuthError::KeyError`] if the PEM does not parse, the key is not of the
+    /// algorithm's type (RSA, or EC on P-256), an RSA key is under [`MIN_RSA_BITS`], or
+    /// `alg` is [`Alg::Hs256`] (a public key is not a secret).
+    pub fn from_public_key_pem(pem: &str, alg: Alg) -> Result<Self, AuthError> {
+        let pem = pem.trim();
+        let key = match alg {
+            Alg::Hs256 => return Err(AuthError::KeyError),
+            Alg::Rs256 => {
+                let key = rsa::PublicKey::from_public_key_pem(pem)
+                    .or_else(|_| rsa::PublicKey::from_pkcs1_pem(pem))
+                    .map_err(|_| AuthError::KeyError)?;
+                if key.n().bit_width_vartime() < MIN_RSA_BITS as u32 {
+                    return Err(AuthError::KeyError);
+                }
+                Key::Rs256(rsa::pkcs1v15::VerifyingKey::new(key))
+            }
+            Alg::Es256 => Key::Es256(
+                p256::ecdsa::VerifyingKey::from_public_key_pem(pem)
+                    .map_err(|_| AuthError::KeyError)?,
+            ),
+        };
+        Ok(Self::with_key(key))
+    }
+
+    fn with_key(key: Key) -> Self {
+        JwtVerifier {
+            key,
+            issuer: None,
+            audiences: Vec::new(),
+            leeway_secs: DEFAULT_LEEWAY.as_secs(),
+            require_exp: true,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+        }
+    }
+
+    /// Requires `iss` to equal `issuer` exactly. Default: `iss` is not checked.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Adds an accepted audience; `aud` (a string or an array of strings) must name one
+    /// of them. Default: none, and then a token that has `aud` at all is refused, since
+    /// this server cannot be the audience it names (RFC 7519 section 4.1.3).
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audiences.push(audience.into());
+        self
+    }
+
+    /// Clock skew tolerated on `exp` and `nbf`, whole seconds. Default [`DEFAULT_LEEWAY`].
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway_secs = leeway.as_secs();
+        self
+    }
+
+    /// Whether a token without `exp` is refused ([`AuthError::MissingExpiry`]). Default
+    /// `true`: a token that never expires is a password that can leak.
+    pub fn require_exp(mut self, require: bool) -> Self {
+        self.require_exp = require;
+        self
+    }
+
+    /// Longest token accepted, in bytes, checked before anything is decoded. Default
+    /// [`DEFAULT_MAX_TOKEN_LEN`].
+    pub fn max_token_len(mut self, len: usize) -> Self {
+        self.max_token_len = len;
+        self
+    }
+
+    /// The one algorithm this verifier accepts.
+    pub fn alg(&self) -> Alg {
+        match self.key {
+            Key::Hs256(_) => Alg::Hs256,
+            Key::Rs256(_) => Alg::Rs256,
+            Key::Es256(_) => Alg::Es256,
+        }
+    }
+
+    /// Finds the request's bearer token ([`bearer::find_token`]) and verifies it.
+    pub fn verify_request(
+        &self,
+        req: &Request<'_, '_>,
+        now_unix: u64,
+    ) -> Result<Claims, AuthError> {
+        let (token, _) = bearer::find_token(req)?;
+        self.verify(token, now_unix)
+    }
+
+    /// Verifies a compact JWS token at time `now_unix` (seconds since the epoch).
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, AuthError> {
+        if token.len() > self.max_token_len {
+            return Err(AuthError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        let header_json = decode_object(header)?;
+        let alg = match header_json.get("alg") {
+            Some(Value::String(alg)) => alg,
+            _ => return Err(AuthError::Malformed),
+        };
+        if alg.eq_ignore_ascii_case("none") {
+            return Err(AuthError::AlgNone);
+        }
+        if alg != self.alg().name() {
+            return Err(AuthError::AlgorithmMismatch);
+        }
+        // RFC 7515 section 4.1.11: extensions we do not implement must be refused.
+        if header_json.contains_key("crit") {
+            return Err(AuthError::Malformed);
+        }
+        let signature = B64URL.decode(signature).map_err(|_| AuthError::Malformed)?;
+        let signing_input = &token[..header.len() + 1 + payload.len()];
+        self.check_signature(signing_input.as_bytes(), &signature)?;
+        let claims = Claims::from_map(decode_object(payload)?)?;
+        self.check_claims(&claims, now_unix)?;
+        Ok(claims)
+    }
+
+    fn check_signature(&self, signing_input: &[u8], signature: &[u8]) -> Result<(), AuthError> {
+        let ok = match &self.key {
+            Key::Hs256(mac) => {
+                let mut mac = mac.clone();
+                mac.update(signing_input);
+                // Constant-time comparison; a wrong length fails too.
+                mac.verify_slice(signature).is_ok()
+            }
+            Key::Rs256(key) => rsa::pkcs1v15::Signature::try_from(signature)
+                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            // Exactly 64 bytes `r || s` (RFC 7518 section 3.4), not DER.
+            Key::Es256(key) => p256::ecdsa::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(AuthError::BadSignature)
+        }
+    }
+
+    fn check_claims(&self, claims: &Claims, now: u64) -> Result<(), AuthError> {
+        let leeway = self.leeway_secs;
+        match claims.exp {
+            // RFC 7519 section 4.1.4: valid only while now is before exp.
+            Some(exp) if now >= exp.saturating_add(leeway) => return Err(AuthError::Expired),
+            None if self.require_exp => return Err(AuthError::MissingExpiry),
+            _ => {}
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| now.saturating_add(leeway) < nbf)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(want) = &self.issuer {
+            if claims.iss.as_ref() != Some(want) {
+                return Err(AuthError::WrongIssuer);
+            }
+        }
+        let aud_ok = match claims.raw.get("aud") {
+            None => self.audiences.is_empty(),
+            Some(Value::String(a)) => self.audiences.contains(a),
+            Some(Value::Array(list)) => list.iter().any(|a| {
+                a.as_str()
+                    .is_some_and(|a| self.audiences.iter().any(|w| w == a))
+            }),
+            Some(_) => return Err(AuthError::Malformed),
+        };
+        if aud_ok {
+            Ok(())
+        } else {
+            Err(AuthError::WrongAudience)
+        }
+    }
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No key material: a secret in a log line is a leaked secret.
+        f.debug_struct("JwtVerifier")
+            .field("alg", &self.alg())
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("require_exp", &self.require_exp)
+            .field("max_token_len", &self.max_token_len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The claims of a verified token.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Claims {
+    /// `sub`: whom the token is about.
+    pub sub: Option<String>,
+    /// `iss`: who issued it.
+    pub iss: Option<String>,
+    /// `exp`, seconds since the epoch (a fractional value rounded down).
+    pub exp: Option<u64>,
+    /// `nbf`, seconds since the epoch (a fractional value rounded up).
+    pub nbf: Option<u64>,
+    /// `iat`, seconds since the epoch (a fractional value rounded down).
+    pub iat: Option<u64>,
+    /// Every claim as sent, registered ones included.
+    pub raw: Map<String, Value>,
+}
+
+impl Claims {
+    /// The claim `name` as sent, if present.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.raw.get(name)
+    }
+
+    /// Reads the registered claims; one of the wrong JSON type is [`AuthError::Malformed`].
+    fn from_map(raw: Map<String, Value>) -> Result<Self, AuthError> {
+        let string = |name| match raw.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(AuthError::Malformed),
+        };
+        let date = |name, round_up: bool| match raw.get(name) {
+            None => Ok(None),
+            Some(v) => numeric_date(v, round_up)
+                .map(Some)
+                .ok_or(AuthError::Malformed),
+        };
+        Ok(Claims {
+            sub: string("sub")?,
+            iss: string("iss")?,
+            exp: date("exp", false)?,
+            nbf: date("nbf", true)?,
+            iat: date("iat", false)?,
+            raw,
+        })
+    }
+}
+
+/// A NumericDate (RFC 7519 section 2): non-negative seconds, possibly fractional.
+fn numeric_date(v: &Value, round_up: bool) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let f = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
+    // `as` saturates at u64::MAX, which is "never" for exp and nbf alike.
+    Some(if round_up {
+        f.ceil() as u64
+    } else {
+        f.floor() as u64
+    })
+}
+
+/// base64url without padding, then a JSON object.
+fn decode_object(part: &str) -> Result<Map<String, Value>, AuthError> {
+    let bytes = B64URL.decode(part).map_err(|_| AuthError::Malformed)?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AuthError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::with_request;
+    use p256::ecdsa::signature::{SignatureEncoding, Signer};
+    use p256::pkcs8::DecodePrivateKey;
+
+    const SECRET: &[u8] = b"a shared secret of at least 32 bytes!";
+    const RS_PUBLIC: &str = include_str!("../../tests/keys/rs256-public.pem");
+    const RS_PUBLIC_PKCS1: &str = include_str!("../../tests/keys/rs256-public-pkcs1.pem");
+    const RS_PRIVATE: &str = include_str!("../../tests/keys/rs256-private.pem");
+    const ES_PUBLIC: &str = include_str!("../../tests/keys/es256-public.pem");
+    const ES_PRIVATE: &str = include_str!("../../tests/keys/es256-private.pem");
+    /// Signed by openssl (tests/keys/make-fixtures.sh), over `OPENSSL_CLAIMS`.
+    const RS_OPENSSL: &str = include_str!("../../tests/keys/rs256-openssl.jwt");
+    const ES_OPENSSL: &str = include_str!("../../tests/keys/es256-openssl.jwt");
+
+    const NOW: u64 = 1_700_000_000;
+    const CLAIMS: &str = r#"{"sub":"alice","exp":1700000600,"iat":1700000000}"#;
+
+    fn b64(bytes: impl AsRef<[u8]>) -> String {
+        B64URL.encode(bytes)
+    }
+
+    fn hmac(secret: &[u8], input: &str) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(input.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// `header_json.claims_json.` signed with `sign`, all parts base64url.
+    fn token(header_json: &str, claims_json: &str, sign: impl FnOnce(&str) -> Vec<u8>) -> String {
+        let input = format!("{}.{}", b64(header_json), b64(claims_json));
+        let sig = sign(&input);
+        format!("{input}.{}", b64(sig))
+    }
+
+    fn hs256(claims: &str) -> String {
+        token(r#"{"alg":"HS256","typ":"JWT"}"#, claims, |i| {
+            hmac(SECRET, i)
+        })
+    }
+
+    fn rs256(claims: &str) -> String {
+        let key = rsa::pkcs1v15::SigningKey::<Sha256>::from_pkcs8_pem(RS_PRIVATE).unwrap();
+        token(r#"{"alg":"RS256","typ":"JWT"}"#, claims, |i| {
+            key.sign(i.as_bytes()).to_vec()
+        })
+    }
+
+    fn es256(claims: &str) -> String {
+        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(ES_PRIVATE).unwrap();
+        token(r#"{"alg":"ES256"}"#, claims, |i| {
+            let sig: p256::ecdsa::Signature = key.sign(i.as_bytes());
+            sig.to_bytes().to_vec()
+        })
+    }
+
+    fn hs() -> JwtVerifier {
+        JwtVerifier::from_secret(SECRET).unwrap()
+    }
+
+    fn rs() -> JwtVerifier {
+        JwtVerifier::from_public_key_pem(RS_PUBLIC, Alg::Rs256).unwrap()
+    }
+
+    fn es() -> JwtVerifier {
+        JwtVerifier::from_public_key_pem(ES_PUBLIC, Alg::Es256).unwrap()
+    }
+
+    /// Replaces the signature part.
+    fn with_signature(token: &str, sig: &str) -> String {
+        format!("{}.{sig}", &token[..token.rfind('.').unwrap()])
+    }
+
+    #[test]
+    fn valid_hs256() {
+        let claims = hs().verify(&hs256(CLAIMS), NOW).unwrap();
+        assert_eq!(claims.sub.as_deref(), Some("alice"));
+        assert_eq!(claims.exp, Some(1_700_000_600));
+        assert_eq!(claims.iat, Some(NOW));
+        assert_eq!(claims.nbf, None);
+        assert_eq!(claims.get("sub"), Some(&Value::from("alice")));
+    }
+
+    #[test]
+    fn valid_rs256() {
+        let claims = rs().verify(&rs256(CLAIMS), NOW).unwrap();
+        assert_eq!(claims.sub.as_deref(), Some("alice"));
+        let pkcs1 = JwtVerifier::from_public_key_pem(RS_PUBLIC_PKCS1, Alg::Rs256).unwrap();
+        assert_eq!(pkcs1.verify(&rs256(CLAIMS), NOW), Ok(claims));
+    }
+
+    #[test]
+    fn valid_es256() {
+        let claims = es().verify(&es256(CLAIMS), NOW).unwrap();
+        assert_eq!(claims.sub.as_deref(), Some("alice"));
+        assert_eq!(claims.exp, Some(1_700_000_600));
+    }
+
+    #[test]
+    fn openssl_signed_tokens_verify() {
+        for (verifier, token) in [(rs(), RS_OPENSSL), (es(), ES_OPENSSL)] {
+            let verifier = verifier.issuer("https://issuer.example").audience("wsloop");
+            let claims = verifier.verify(token.trim(), NOW).unwrap();
+            assert_eq!(claims.sub.as_deref(), Some("alice"));
+            assert_eq!(
+                (claims.nbf, claims.exp),
+                (Some(1_700_000_000), Some(2_000_000_000))
+            );
+        }
+    }
+
+    #[test]
+    fn expired_with_leeway() {
+        let exp = 1_700_000_600;
+        let token = hs256(CLAIMS);
+        // Default leeway 30 s: valid up to exp + 29, refused from exp + 30.
+        assert!(hs().verify(&token, exp + 29).is_ok());
+        assert_eq!(hs().verify(&token, exp + 30), Err(AuthError::Expired));
+        let strict = hs().leeway(Duration::ZERO);
+        assert!(strict.verify(&token, exp - 1).is_ok());
+        assert_eq!(strict.verify(&token, exp), Err(AuthError::Expired));
+        assert_eq!(
+            rs().verify(&rs256(CLAIMS), exp + 3600),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            es().verify(&es256(CLAIMS), exp + 3600),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn not_yet_valid_with_leeway() {
+        let nbf = NOW + 100;
+        let token = hs256(&format!(r#"{{"exp":{},"nbf":{nbf}}}"#, NOW + 1000));
+        assert_eq!(hs().verify(&token, nbf - 31), Err(AuthError::NotYetValid));
+        assert!(hs().verify(&token, nbf - 30).is_ok());
+        assert_eq!(
+            hs().leeway(Duration::ZERO).verify(&token, nbf - 1),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(hs().leeway(Duration::ZERO).verify(&token, nbf).is_ok());
+    }
+
+    #[test]
+    fn exp_required_by_default() {
+        let token = hs256(r#"{"sub":"alice"}"#);
+        assert_eq!(hs().verify(&token, NOW), Err(AuthError::MissingExpiry));
+        assert!(hs().require_exp(false).verify(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn fractional_dates_round_toward_refusal() {
+        let token = hs256(r#"{"exp":1700000600.9,"nbf":1700000000.1}"#);
+        let claims = hs().verify(&token, NOW + 1).unwrap();
+        assert_eq!(
+            (claims.exp, claims.nbf),
+            (Some(1_700_000_600), Some(1_700_000_001))
+        );
+        assert_eq!(
+            hs().leeway(Duration::ZERO).verify(&token, NOW),
+            Err(AuthError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn wrong_signature() {
+        // Signed with another key of the right kind.
+        let other = token(r#"{"alg":"HS256"}"#, CLAIMS, |i| {
+            hmac(b"another secret, also 32 bytes long", i)
+        });
+        assert_eq!(hs().verify(&other, NOW), Err(AuthError::BadSignature));
+        // Payload changed after signing.
+        for (verifier, good) in [
+            (hs(), hs256(CLAIMS)),
+            (rs(), rs256(CLAIMS)),
+            (es(), es256(CLAIMS)),
+        ] {
+            let forged = hs256(r#"{"sub":"mallory","exp":1700000600}"#);
+            let payload = forged.split('.').nth(1).unwrap();
+            let mut parts: Vec<&str> = good.split('.').collect();
+            parts[1] = payload;
+            assert_eq!(
+                verifier.verify(&parts.join("."), NOW),
+                Err(AuthError::BadSignature),
+                "{:?}",
+                verifier.alg()
+            );
+            // Signature truncated, emptied, or one bit flipped.
+            let sig = B64URL.decode(good.rsplit('.').next().unwrap()).unwrap();
+            let mut flipped = sig.clone();
+            flipped[5] ^= 1;
+            for bad in [
+                b64(&sig[..sig.len() - 1]),
+                String::new(),
+                b64(&flipped),
+                b64([&sig[..], &[0u8][..]].concat()),
+            ] {
+                assert_eq!(
+                    verifier.verify(&with_signature(&good, &bad), NOW),
+                    Err(AuthError::BadSignature)
+                );
+            }
+        }
+        // ES256 signature in DER, as openssl writes it, is not JWS.
+        let es_good = es256(CLAIMS);
+        let raw = B64URL.decode(es_good.rsplit('.').next().unwrap()).unwrap();
+        let der = p256::ecdsa::Signature::from_slice(&raw).unwrap().to_der();
+        assert_eq!(
+            es().verify(&with_signature(&es_good, &b64(der.as_bytes())), NOW),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn alg_none_is_always_refused() {
+        for alg in ["none", "None", "NONE", "nOnE"] {
+            let header = format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#);
+            let unsigned = format!("{}.{}.", b64(&header), b64(CLAIMS));
+            let with_sig = token(&header, CLAIMS, |i| hmac(SECRET, i));
+            for v in [hs(), rs(), es()] {
+                assert_eq!(v.verify(&unsigned, NOW), Err(AuthError::AlgNone), "{alg}");
+                assert_eq!(v.verify(&with_sig, NOW), Err(AuthError::AlgNone), "{alg}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_algorithm() {
+        assert_eq!(
+            rs().verify(&hs256(CLAIMS), NOW),
+            Err(AuthError::AlgorithmMismatch)
+        );
+        assert_eq!(
+            es().verify(&hs256(CLAIMS), NOW),
+            Err(AuthError::AlgorithmMismatch)
+        );
+        assert_eq!(
+            hs().verify(&rs256(CLAIMS), NOW),
+            Err(AuthError::AlgorithmMismatch)
+        );
+        assert_eq!(
+            es().verify(&rs256(CLAIMS), NOW),
+            Err(AuthError::AlgorithmMismatch)
+        );
+        assert_eq!(
+            rs().verify(&es256(CLAIMS), NOW),
+            Err(AuthError::AlgorithmMismatch)
+        );
+        assert_eq!(
+            hs().verify(&es256(CLAIMS), NOW),
+            Err(AuthError::AlgorithmMismatch)
+        );
+        // Names are case-sensitive (RFC 7515 section 4.1.1).
+        let lower = token(r#"{"alg":"hs256"}"#, CLAIMS, |i| hmac(SECRET, i));
+        assert_eq!(hs().verify(&lower, NOW), Err(AuthError::AlgorithmMismatch));
+    }
+
+    #[test]
+    fn rs256_public_key_as_hmac_secret_is_refused() {
+        // The classic confusion: the attacker knows the public key and HMACs a token with
+        // its PEM text (and variants of it) as the secret, hoping the verifier feeds its
+        // "key" to whatever `alg` says.
+        let pem = RS_PUBLIC;
+        let der = rsa::PublicKey::from_public_key_pem(pem).unwrap();
+        let der = rsa::pkcs8::EncodePublicKey::to_public_key_der(&der).unwrap();
+        for secret in [pem.as_bytes(), pem.trim().as_bytes(), der.as_bytes()] {
+            let forged = token(r#"{"alg":"HS256","typ":"JWT"}"#, CLAIMS, |i| {
+                hmac(secret, i)
+            });
+            assert_eq!(rs().verify(&forged, NOW), Err(AuthError::AlgorithmMismatch));
+        }
+        // And a public key can never be configured as an HMAC secret through the PEM API.
+        assert_eq!(
+            JwtVerifier::from_public_key_pem(pem, Alg::Hs256).unwrap_err(),
+            AuthError::KeyError
+        );
+    }
+
+    #[test]
+    fn malformed_tokens() {
+        let sign = |h: &str, p: &str| {
+            let input = format!("{h}.{p}");
+            format!("{input}.{}", b64(hmac(SECRET, &input)))
+        };
+        let h = b64(r#"{"alg":"HS256"}"#);
+        let p = b64(CLAIMS);
+        let cases = [
+            String::new(),
+            "abc".into(),
+            format!("{h}.{p}"),
+            format!("{h}.{p}.sig.extra"),
+            format!("{h}.{p}.{}.", b64(hmac(SECRET, &format!("{h}.{p}")))),
+            // Bad base64url in the header, the payload, the signature.
+            sign("!!!", &p),
+            sign(&h, "eyJzdWIiOiJhIn0*"),
+            format!("{h}.{p}.a+b/"),
+            // Padding is not allowed in JWS.
+            sign(&format!("{h}="), &p),
+            // Not JSON, or not an object.
+            sign(&b64("{alg:HS256}"), &p),
+            sign(&b64(r#"["HS256"]"#), &p),
+            sign(&h, &b64("not json")),
+            sign(&h, &b64(r#"["alice"]"#)),
+            sign(&h, &b64("")),
+            // alg missing or not a string.
+            sign(&b64(r#"{"typ":"JWT"}"#), &p),
+            sign(&b64(r#"{"alg":256}"#), &p),
+            // Registered claims of the wrong type.
+            sign(&h, &b64(r#"{"exp":"1700000600"}"#)),
+            sign(&h, &b64(r#"{"exp":-1}"#)),
+            sign(&h, &b64(r#"{"exp":1700000600,"nbf":true}"#)),
+            sign(&h, &b64(r#"{"exp":1700000600,"sub":42}"#)),
+            sign(&h, &b64(r#"{"exp":1700000600,"iss":["a"]}"#)),
+            sign(&h, &b64(r#"{"exp":1700000600,"aud":{"a":1}}"#)),
+            // A critical extension we do not implement.
+            sign(&b64(r#"{"alg":"HS256","crit":["b64"],"b64":false}"#), &p),
+        ];
+        for t in &cases {
+            assert_eq!(hs().verify(t, NOW), Err(AuthError::Malformed), "{t:?}");
+        }
+        // Over the length limit, refused before decoding.
+        let good = hs256(CLAIMS);
+        assert!(hs().max_token_len(good.len()).verify(&good, NOW).is_ok());
+        assert_eq!(
+            hs().max_token_len(good.len() - 1).verify(&good, NOW),
+            Err(AuthError::Malformed)
+        );
+        let huge = hs256(&format!(
+            r#"{{"exp":1700000600,"pad":"{}"}}"#,
+            "x".repeat(DEFAULT_MAX_TOKEN_LEN)
+        ));
+        assert_eq!(hs().verify(&huge, NOW), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn issuer() {
+        let v = hs().issuer("https://issuer.example");
+        assert!(v
+            .verify(
+                &hs256(r#"{"exp":1700000600,"iss":"https://issuer.example"}"#),
+                NOW
+            )
+            .is_ok());
+        for claims in [
+            r#"{"exp":1700000600,"iss":"https://evil.example"}"#,
+            r#"{"exp":1700000600}"#,
+        ] {
+            assert_eq!(
+                v.verify(&hs256(claims), NOW),
+                Err(AuthError::WrongIssuer),
+                "{claims}"
+            );
+        }
+        // Not configured: any issuer.
+        assert!(hs()
+            .verify(&hs256(r#"{"exp":1700000600,"iss":"anyone"}"#), NOW)
+            .is_ok());
+    }
+
+    #[test]
+    fn audience() {
+        let v = hs().audience("wsloop").audience("chat");
+        for claims in [
+            r#"{"exp":1700000600,"aud":"wsloop"}"#,
+            r#"{"exp":1700000600,"aud":"chat"}"#,
+            r#"{"exp":1700000600,"aud":["other","chat"]}"#,
+        ] {
+            assert!(v.verify(&hs256(claims), NOW).is_ok(), "{claims}");
+        }
+        for claims in [
+            r#"{"exp":1700000600,"aud":"other"}"#,
+            r#"{"exp":1700000600,"aud":["other",1]}"#,
+            r#"{"exp":1700000600,"aud":[]}"#,
+            r#"{"exp":1700000600}"#,
+        ] {
+            assert_eq!(
+                v.verify(&hs256(claims), NOW),
+                Err(AuthError::WrongAudience),
+                "{claims}"
+            );
+        }
+        // No audience configured: a token addressed to someone is not for us.
+        assert_eq!(
+            hs().verify(&hs256(r#"{"exp":1700000600,"aud":"wsloop"}"#), NOW),
+            Err(AuthError::WrongAudience)
+        );
+        assert!(hs().verify(&hs256(CLAIMS), NOW).is_ok());
+    }
+
+    #[test]
+    fn token_from_each_source() {
+        let t = es256(CLAIMS);
+        let auth = format!("Bearer {t}");
+        let protocols = format!("chat, bearer.{t}");
+        let query = format!("/ws?access_token={t}");
+        let v = es();
+        let sub = |r: Result<Claims, AuthError>| r.map(|c| c.sub);
+        let alice = Ok(Some("alice".to_owned()));
+        assert_eq!(
+            sub(with_request("/ws", &[("Authorization", &auth)], |req| v
+                .verify_request(req, NOW))),
+            alice
+        );
+        assert_eq!(
+            sub(with_request(&query, &[], |req| v.verify_request(req, NOW))),
+            alice
+        );
+        let fields = [("Sec-WebSocket-Protocol", protocols.as_str())];
+        with_request("/ws", &fields, |req| {
+            assert_eq!(sub(v.verify_request(req, NOW)), alice);
+            assert_eq!(bearer::client_protocols(req).collect::<Vec<_>>(), ["chat"]);
+        });
+        assert_eq!(
+            with_request("/ws", &[], |req| v.verify_request(req, NOW)),
+            Err(AuthError::Missing)
+        );
+        let both = [
+            ("Authorization", auth.as_str()),
+            ("Sec-WebSocket-Protocol", protocols.as_str()),
+        ];
+        assert_eq!(
+            with_request("/ws", &both, |req| v.verify_request(req, NOW)),
+            Err(AuthError::Ambiguous)
+        );
+        let expired = with_request("/ws", &[("Authorization", &auth)], |req| {
+            v.verify_request(req, NOW + 3600)
+        });
+        assert_eq!(expired, Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn unusable_keys() {
+        let keys = |name| {
+            std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+        };
+        assert_eq!(
+            JwtVerifier::from_secret(&SECRET[..31]).unwrap_err(),
+            AuthError::KeyError
+        );
+        assert!(JwtVerifier::from_secret(&[7; 32]).is_ok());
+        let cases = [
+            (keys("rsa1024-public.pem"), Alg::Rs256),
+            (keys("p384-public.pem"), Alg::Es256),
+            (ES_PUBLIC.to_owned(), Alg::Rs256),
+            (RS_PUBLIC.to_owned(), Alg::Es256),
+            (RS_PUBLIC_PKCS1.to_owned(), Alg::Es256),
+            (RS_PRIVATE.to_owned(), Alg::Rs256),
+            (
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_owned(),
+                Alg::Rs256,
+            ),
+            ("not pem".to_owned(), Alg::Es256),
+        ];
+        for (pem, alg) in &cases {
+            assert_eq!(
+                JwtVerifier::from_public_key_pem(pem, *alg).unwrap_err(),
+                AuthError::KeyError,
+                "{alg:?} {pem}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_does_not_print_the_secret() {
+        let v = JwtVerifier::from_secret(b"super-secret-value-0123456789abcdef")
+            .unwrap()
+            .audience("wsloop");
+        let shown = format!("{v:?}");
+        assert!(
+            shown.contains("Hs256") && shown.contains("wsloop"),
+            "{shown}"
+        );
+        assert!(!shown.contains("super-secret"), "{shown}");
+        assert_eq!(v.alg(), Alg::Hs256);
+        assert_eq!(es().alg(), Alg::Es256);
+        assert_eq!(rs().alg(), Alg::Rs256);
+    }
+}
