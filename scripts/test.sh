@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of wsloop on a fresh machine: installs what the tests need (Debian
+# packages, the Python websockets client), then the whole cargo test suite with all
+# features, fuzz seed corpora included. Under CI=true a missing service is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
+command -v promtool >/dev/null || need_pkgs+=(prometheus)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need_pkgs[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  fi
+fi
+python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
+
+# Tests hold up to ~20,000 sockets across processes; the hard limit here is 20,000.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo test --all-features --all-targets -- "$@"
+cargo test --all-features --doc
