@@ -47,10 +47,8 @@ pub fn find_token<'b>(req: &Request<'_, 'b>) -> Result<(&'b str, TokenSource), A
         .flat_map(|q| q.split('&'))
         .filter_map(|kv| kv.strip_prefix(QUERY_PARAM)?.strip_prefix('='))
         .map(|t| (t, TokenSource::QueryParam));
-    let from_protocol = req
-        .protocols()
-        .filter_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX))
-        .map(|t| (t, TokenSource::Subprotocol));
+    let from_protocol =
+        req.protocols().filter_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX)).map(|t| (t, TokenSource::Subprotocol));
     let mut found = from_header.chain(from_query).chain(from_protocol);
     match (found.next(), found.next()) {
         (None, _) => Err(AuthError::Missing),
@@ -63,8 +61,7 @@ pub fn find_token<'b>(req: &Request<'_, 'b>) -> Result<(&'b str, TokenSource), A
 /// The subprotocols the client offers, in its order, without any `bearer.<token>` entry:
 /// the list to choose the `Sec-WebSocket-Protocol` answer from.
 pub fn client_protocols<'a, 'b>(req: &'a Request<'_, 'b>) -> impl Iterator<Item = &'b str> + 'a {
-    req.protocols()
-        .filter(|p| !p.starts_with(SUBPROTOCOL_PREFIX))
+    req.protocols().filter(|p| !p.starts_with(SUBPROTOCOL_PREFIX))
 }
 
 /// The token of an `Authorization` value with the `Bearer` scheme: `Some("")` when the
@@ -72,9 +69,7 @@ pub fn client_protocols<'a, 'b>(req: &'a Request<'_, 'b>) -> impl Iterator<Item 
 fn bearer_credentials(value: &[u8]) -> Option<&str> {
     let value = std::str::from_utf8(value).ok()?.trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim_start_matches(' '))
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim_start_matches(' '))
 }
 
 #[cfg(test)]
@@ -83,26 +78,15 @@ mod tests {
     use crate::auth::with_request;
 
     fn find(target: &str, fields: &[(&str, &str)]) -> Result<(String, TokenSource), AuthError> {
-        with_request(target, fields, |req| {
-            find_token(req).map(|(t, s)| (t.to_owned(), s))
-        })
+        with_request(target, fields, |req| find_token(req).map(|(t, s)| (t.to_owned(), s)))
     }
 
     #[test]
     fn each_source() {
         let ok = |t: &str, s| Ok((t.to_owned(), s));
-        assert_eq!(
-            find("/", &[("Authorization", "Bearer a.b.c")]),
-            ok("a.b.c", TokenSource::AuthorizationHeader)
-        );
-        assert_eq!(
-            find("/", &[("authorization", "bEaReR   a.b.c ")]),
-            ok("a.b.c", TokenSource::AuthorizationHeader)
-        );
-        assert_eq!(
-            find("/ws?x=1&access_token=a.b.c&y", &[]),
-            ok("a.b.c", TokenSource::QueryParam)
-        );
+        assert_eq!(find("/", &[("Authorization", "Bearer a.b.c")]), ok("a.b.c", TokenSource::AuthorizationHeader));
+        assert_eq!(find("/", &[("authorization", "bEaReR   a.b.c ")]), ok("a.b.c", TokenSource::AuthorizationHeader));
+        assert_eq!(find("/ws?x=1&access_token=a.b.c&y", &[]), ok("a.b.c", TokenSource::QueryParam));
         assert_eq!(
             find("/", &[("Sec-WebSocket-Protocol", "chat, bearer.a.b.c")]),
             ok("a.b.c", TokenSource::Subprotocol)
@@ -111,85 +95,44 @@ mod tests {
 
     #[test]
     fn missing() {
-        assert_eq!(
-            find("/?token=a.b.c&access_tokens=x", &[]),
-            Err(AuthError::Missing)
-        );
-        assert_eq!(
-            find("/", &[("Authorization", "Basic dXNlcjpwYXNz")]),
-            Err(AuthError::Missing)
-        );
-        assert_eq!(
-            find("/", &[("Authorization", "Bearertoken")]),
-            Err(AuthError::Missing)
-        );
-        assert_eq!(
-            find("/", &[("Sec-WebSocket-Protocol", "chat, Bearer.a.b.c")]),
-            Err(AuthError::Missing)
-        );
+        assert_eq!(find("/?token=a.b.c&access_tokens=x", &[]), Err(AuthError::Missing));
+        assert_eq!(find("/", &[("Authorization", "Basic dXNlcjpwYXNz")]), Err(AuthError::Missing));
+        assert_eq!(find("/", &[("Authorization", "Bearertoken")]), Err(AuthError::Missing));
+        assert_eq!(find("/", &[("Sec-WebSocket-Protocol", "chat, Bearer.a.b.c")]), Err(AuthError::Missing));
     }
 
     #[test]
     fn empty_token_is_malformed() {
-        assert_eq!(
-            find("/", &[("Authorization", "Bearer")]),
-            Err(AuthError::Malformed)
-        );
-        assert_eq!(
-            find("/", &[("Authorization", "Bearer   ")]),
-            Err(AuthError::Malformed)
-        );
+        assert_eq!(find("/", &[("Authorization", "Bearer")]), Err(AuthError::Malformed));
+        assert_eq!(find("/", &[("Authorization", "Bearer   ")]), Err(AuthError::Malformed));
         assert_eq!(find("/?access_token=", &[]), Err(AuthError::Malformed));
-        assert_eq!(
-            find("/", &[("Sec-WebSocket-Protocol", "bearer.")]),
-            Err(AuthError::Malformed)
-        );
+        assert_eq!(find("/", &[("Sec-WebSocket-Protocol", "bearer.")]), Err(AuthError::Malformed));
     }
 
     #[test]
     fn more_than_one_token_is_ambiguous() {
         let auth = ("Authorization", "Bearer a.b.c");
         let proto = ("Sec-WebSocket-Protocol", "bearer.a.b.c");
-        assert_eq!(
-            find("/?access_token=a.b.c", &[auth]),
-            Err(AuthError::Ambiguous)
-        );
+        assert_eq!(find("/?access_token=a.b.c", &[auth]), Err(AuthError::Ambiguous));
         assert_eq!(find("/", &[auth, proto]), Err(AuthError::Ambiguous));
-        assert_eq!(
-            find("/?access_token=a.b.c", &[proto]),
-            Err(AuthError::Ambiguous)
-        );
-        assert_eq!(
-            find("/?access_token=x&access_token=y", &[]),
-            Err(AuthError::Ambiguous)
-        );
+        assert_eq!(find("/?access_token=a.b.c", &[proto]), Err(AuthError::Ambiguous));
+        assert_eq!(find("/?access_token=x&access_token=y", &[]), Err(AuthError::Ambiguous));
         assert_eq!(find("/", &[auth, auth]), Err(AuthError::Ambiguous));
-        assert_eq!(
-            find("/", &[("Sec-WebSocket-Protocol", "bearer.x, bearer.y")]),
-            Err(AuthError::Ambiguous)
-        );
+        assert_eq!(find("/", &[("Sec-WebSocket-Protocol", "bearer.x, bearer.y")]), Err(AuthError::Ambiguous));
         // Another scheme beside a bearer token is not a second token.
         assert!(find("/", &[("Authorization", "Basic eA=="), proto]).is_ok());
     }
 
     #[test]
     fn bearer_subprotocol_is_stripped() {
-        let fields = [
-            ("Sec-WebSocket-Protocol", "bearer.h.p.s, chat.v2"),
-            ("Sec-WebSocket-Protocol", "chat.v1"),
-        ];
+        let fields = [("Sec-WebSocket-Protocol", "bearer.h.p.s, chat.v2"), ("Sec-WebSocket-Protocol", "chat.v1")];
         with_request("/", &fields, |req| {
             assert_eq!(req.protocols().count(), 3);
-            assert_eq!(
-                client_protocols(req).collect::<Vec<_>>(),
-                ["chat.v2", "chat.v1"]
-            );
+            assert_eq!(client_protocols(req).collect::<Vec<_>>(), ["chat.v2", "chat.v1"]);
         });
         with_request("/", &[("Sec-WebSocket-Protocol", "bearer.h.p.s")], |req| {
             assert_eq!(client_protocols(req).next(), None);
         });
-        with_request("/", &[], |req| {
-            assert_eq!(client_protocols(req).next(), None)
-        });
+        with_request("/", &[], |req| assert_eq!(client_protocols(req).next(), None));
     }
 }

@@ -126,10 +126,9 @@ impl JwtVerifier {
                 }
                 Key::Rs256(rsa::pkcs1v15::VerifyingKey::new(key))
             }
-            Alg::Es256 => Key::Es256(
-                p256::ecdsa::VerifyingKey::from_public_key_pem(pem)
-                    .map_err(|_| AuthError::KeyError)?,
-            ),
+            Alg::Es256 => {
+                Key::Es256(p256::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|_| AuthError::KeyError)?)
+            }
         };
         Ok(Self::with_key(key))
     }
@@ -189,11 +188,7 @@ impl JwtVerifier {
     }
 
     /// Finds the request's bearer token ([`bearer::find_token`]) and verifies it.
-    pub fn verify_request(
-        &self,
-        req: &Request<'_, '_>,
-        now_unix: u64,
-    ) -> Result<Claims, AuthError> {
+    pub fn verify_request(&self, req: &Request<'_, '_>, now_unix: u64) -> Result<Claims, AuthError> {
         let (token, _) = bearer::find_token(req)?;
         self.verify(token, now_unix)
     }
@@ -233,19 +228,20 @@ impl JwtVerifier {
     }
 
     fn check_signature(&self, signing_input: &[u8], signature: &[u8]) -> Result<(), AuthError> {
-        let ok = match &self.key {
-            Key::Hs256(mac) => {
-                let mut mac = mac.clone();
-                mac.update(signing_input);
-                // Constant-time comparison; a wrong length fails too.
-                mac.verify_slice(signature).is_ok()
-            }
-            Key::Rs256(key) => rsa::pkcs1v15::Signature::try_from(signature)
-                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
-            // Exactly 64 bytes `r || s` (RFC 7518 section 3.4), not DER.
-            Key::Es256(key) => p256::ecdsa::Signature::from_slice(signature)
-                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
-        };
+        let ok =
+            match &self.key {
+                Key::Hs256(mac) => {
+                    let mut mac = mac.clone();
+                    mac.update(signing_input);
+                    // Constant-time comparison; a wrong length fails too.
+                    mac.verify_slice(signature).is_ok()
+                }
+                Key::Rs256(key) => rsa::pkcs1v15::Signature::try_from(signature)
+                    .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+                // Exactly 64 bytes `r || s` (RFC 7518 section 3.4), not DER.
+                Key::Es256(key) => p256::ecdsa::Signature::from_slice(signature)
+                    .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            };
         if ok {
             Ok(())
         } else {
@@ -261,10 +257,7 @@ impl JwtVerifier {
             None if self.require_exp => return Err(AuthError::MissingExpiry),
             _ => {}
         }
-        if claims
-            .nbf
-            .is_some_and(|nbf| now.saturating_add(leeway) < nbf)
-        {
+        if claims.nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
             return Err(AuthError::NotYetValid);
         }
         if let Some(want) = &self.issuer {
@@ -275,10 +268,9 @@ impl JwtVerifier {
         let aud_ok = match claims.raw.get("aud") {
             None => self.audiences.is_empty(),
             Some(Value::String(a)) => self.audiences.contains(a),
-            Some(Value::Array(list)) => list.iter().any(|a| {
-                a.as_str()
-                    .is_some_and(|a| self.audiences.iter().any(|w| w == a))
-            }),
+            Some(Value::Array(list)) => {
+                list.iter().any(|a| a.as_str().is_some_and(|a| self.audiences.iter().any(|w| w == a)))
+            }
             Some(_) => return Err(AuthError::Malformed),
         };
         if aud_ok {
@@ -336,9 +328,7 @@ impl Claims {
         };
         let date = |name, round_up: bool| match raw.get(name) {
             None => Ok(None),
-            Some(v) => numeric_date(v, round_up)
-                .map(Some)
-                .ok_or(AuthError::Malformed),
+            Some(v) => numeric_date(v, round_up).map(Some).ok_or(AuthError::Malformed),
         };
         Ok(Claims {
             sub: string("sub")?,
@@ -358,11 +348,7 @@ fn numeric_date(v: &Value, round_up: bool) -> Option<u64> {
     }
     let f = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
     // `as` saturates at u64::MAX, which is "never" for exp and nbf alike.
-    Some(if round_up {
-        f.ceil() as u64
-    } else {
-        f.floor() as u64
-    })
+    Some(if round_up { f.ceil() as u64 } else { f.floor() as u64 })
 }
 
 /// base64url without padding, then a JSON object.
@@ -412,16 +398,12 @@ mod tests {
     }
 
     fn hs256(claims: &str) -> String {
-        token(r#"{"alg":"HS256","typ":"JWT"}"#, claims, |i| {
-            hmac(SECRET, i)
-        })
+        token(r#"{"alg":"HS256","typ":"JWT"}"#, claims, |i| hmac(SECRET, i))
     }
 
     fn rs256(claims: &str) -> String {
         let key = rsa::pkcs1v15::SigningKey::<Sha256>::from_pkcs8_pem(RS_PRIVATE).unwrap();
-        token(r#"{"alg":"RS256","typ":"JWT"}"#, claims, |i| {
-            key.sign(i.as_bytes()).to_vec()
-        })
+        token(r#"{"alg":"RS256","typ":"JWT"}"#, claims, |i| key.sign(i.as_bytes()).to_vec())
     }
 
     fn es256(claims: &str) -> String {
@@ -480,10 +462,7 @@ mod tests {
             let verifier = verifier.issuer("https://issuer.example").audience("wsloop");
             let claims = verifier.verify(token.trim(), NOW).unwrap();
             assert_eq!(claims.sub.as_deref(), Some("alice"));
-            assert_eq!(
-                (claims.nbf, claims.exp),
-                (Some(1_700_000_000), Some(2_000_000_000))
-            );
+            assert_eq!((claims.nbf, claims.exp), (Some(1_700_000_000), Some(2_000_000_000)));
         }
     }
 
@@ -497,14 +476,8 @@ mod tests {
         let strict = hs().leeway(Duration::ZERO);
         assert!(strict.verify(&token, exp - 1).is_ok());
         assert_eq!(strict.verify(&token, exp), Err(AuthError::Expired));
-        assert_eq!(
-            rs().verify(&rs256(CLAIMS), exp + 3600),
-            Err(AuthError::Expired)
-        );
-        assert_eq!(
-            es().verify(&es256(CLAIMS), exp + 3600),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(rs().verify(&rs256(CLAIMS), exp + 3600), Err(AuthError::Expired));
+        assert_eq!(es().verify(&es256(CLAIMS), exp + 3600), Err(AuthError::Expired));
     }
 
     #[test]
@@ -513,10 +486,7 @@ mod tests {
         let token = hs256(&format!(r#"{{"exp":{},"nbf":{nbf}}}"#, NOW + 1000));
         assert_eq!(hs().verify(&token, nbf - 31), Err(AuthError::NotYetValid));
         assert!(hs().verify(&token, nbf - 30).is_ok());
-        assert_eq!(
-            hs().leeway(Duration::ZERO).verify(&token, nbf - 1),
-            Err(AuthError::NotYetValid)
-        );
+        assert_eq!(hs().leeway(Duration::ZERO).verify(&token, nbf - 1), Err(AuthError::NotYetValid));
         assert!(hs().leeway(Duration::ZERO).verify(&token, nbf).is_ok());
     }
 
@@ -531,63 +501,36 @@ mod tests {
     fn fractional_dates_round_toward_refusal() {
         let token = hs256(r#"{"exp":1700000600.9,"nbf":1700000000.1}"#);
         let claims = hs().verify(&token, NOW + 1).unwrap();
-        assert_eq!(
-            (claims.exp, claims.nbf),
-            (Some(1_700_000_600), Some(1_700_000_001))
-        );
-        assert_eq!(
-            hs().leeway(Duration::ZERO).verify(&token, NOW),
-            Err(AuthError::NotYetValid)
-        );
+        assert_eq!((claims.exp, claims.nbf), (Some(1_700_000_600), Some(1_700_000_001)));
+        assert_eq!(hs().leeway(Duration::ZERO).verify(&token, NOW), Err(AuthError::NotYetValid));
     }
 
     #[test]
     fn wrong_signature() {
         // Signed with another key of the right kind.
-        let other = token(r#"{"alg":"HS256"}"#, CLAIMS, |i| {
-            hmac(b"another secret, also 32 bytes long", i)
-        });
+        let other = token(r#"{"alg":"HS256"}"#, CLAIMS, |i| hmac(b"another secret, also 32 bytes long", i));
         assert_eq!(hs().verify(&other, NOW), Err(AuthError::BadSignature));
         // Payload changed after signing.
-        for (verifier, good) in [
-            (hs(), hs256(CLAIMS)),
-            (rs(), rs256(CLAIMS)),
-            (es(), es256(CLAIMS)),
-        ] {
+        for (verifier, good) in [(hs(), hs256(CLAIMS)), (rs(), rs256(CLAIMS)), (es(), es256(CLAIMS))] {
             let forged = hs256(r#"{"sub":"mallory","exp":1700000600}"#);
             let payload = forged.split('.').nth(1).unwrap();
             let mut parts: Vec<&str> = good.split('.').collect();
             parts[1] = payload;
-            assert_eq!(
-                verifier.verify(&parts.join("."), NOW),
-                Err(AuthError::BadSignature),
-                "{:?}",
-                verifier.alg()
-            );
+            assert_eq!(verifier.verify(&parts.join("."), NOW), Err(AuthError::BadSignature), "{:?}", verifier.alg());
             // Signature truncated, emptied, or one bit flipped.
             let sig = B64URL.decode(good.rsplit('.').next().unwrap()).unwrap();
             let mut flipped = sig.clone();
             flipped[5] ^= 1;
-            for bad in [
-                b64(&sig[..sig.len() - 1]),
-                String::new(),
-                b64(&flipped),
-                b64([&sig[..], &[0u8][..]].concat()),
-            ] {
-                assert_eq!(
-                    verifier.verify(&with_signature(&good, &bad), NOW),
-                    Err(AuthError::BadSignature)
-                );
+            for bad in [b64(&sig[..sig.len() - 1]), String::new(), b64(&flipped), b64([&sig[..], &[0u8][..]].concat())]
+            {
+                assert_eq!(verifier.verify(&with_signature(&good, &bad), NOW), Err(AuthError::BadSignature));
             }
         }
         // ES256 signature in DER, as openssl writes it, is not JWS.
         let es_good = es256(CLAIMS);
         let raw = B64URL.decode(es_good.rsplit('.').next().unwrap()).unwrap();
         let der = p256::ecdsa::Signature::from_slice(&raw).unwrap().to_der();
-        assert_eq!(
-            es().verify(&with_signature(&es_good, &b64(der.as_bytes())), NOW),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(es().verify(&with_signature(&es_good, &b64(der.as_bytes())), NOW), Err(AuthError::BadSignature));
     }
 
     #[test]
@@ -605,30 +548,12 @@ mod tests {
 
     #[test]
     fn wrong_algorithm() {
-        assert_eq!(
-            rs().verify(&hs256(CLAIMS), NOW),
-            Err(AuthError::AlgorithmMismatch)
-        );
-        assert_eq!(
-            es().verify(&hs256(CLAIMS), NOW),
-            Err(AuthError::AlgorithmMismatch)
-        );
-        assert_eq!(
-            hs().verify(&rs256(CLAIMS), NOW),
-            Err(AuthError::AlgorithmMismatch)
-        );
-        assert_eq!(
-            es().verify(&rs256(CLAIMS), NOW),
-            Err(AuthError::AlgorithmMismatch)
-        );
-        assert_eq!(
-            rs().verify(&es256(CLAIMS), NOW),
-            Err(AuthError::AlgorithmMismatch)
-        );
-        assert_eq!(
-            hs().verify(&es256(CLAIMS), NOW),
-            Err(AuthError::AlgorithmMismatch)
-        );
+        assert_eq!(rs().verify(&hs256(CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+        assert_eq!(es().verify(&hs256(CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+        assert_eq!(hs().verify(&rs256(CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+        assert_eq!(es().verify(&rs256(CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+        assert_eq!(rs().verify(&es256(CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+        assert_eq!(hs().verify(&es256(CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
         // Names are case-sensitive (RFC 7515 section 4.1.1).
         let lower = token(r#"{"alg":"hs256"}"#, CLAIMS, |i| hmac(SECRET, i));
         assert_eq!(hs().verify(&lower, NOW), Err(AuthError::AlgorithmMismatch));
@@ -643,16 +568,11 @@ mod tests {
         let der = rsa::PublicKey::from_public_key_pem(pem).unwrap();
         let der = rsa::pkcs8::EncodePublicKey::to_public_key_der(&der).unwrap();
         for secret in [pem.as_bytes(), pem.trim().as_bytes(), der.as_bytes()] {
-            let forged = token(r#"{"alg":"HS256","typ":"JWT"}"#, CLAIMS, |i| {
-                hmac(secret, i)
-            });
+            let forged = token(r#"{"alg":"HS256","typ":"JWT"}"#, CLAIMS, |i| hmac(secret, i));
             assert_eq!(rs().verify(&forged, NOW), Err(AuthError::AlgorithmMismatch));
         }
         // And a public key can never be configured as an HMAC secret through the PEM API.
-        assert_eq!(
-            JwtVerifier::from_public_key_pem(pem, Alg::Hs256).unwrap_err(),
-            AuthError::KeyError
-        );
+        assert_eq!(JwtVerifier::from_public_key_pem(pem, Alg::Hs256).unwrap_err(), AuthError::KeyError);
     }
 
     #[test]
@@ -700,40 +620,20 @@ mod tests {
         // Over the length limit, refused before decoding.
         let good = hs256(CLAIMS);
         assert!(hs().max_token_len(good.len()).verify(&good, NOW).is_ok());
-        assert_eq!(
-            hs().max_token_len(good.len() - 1).verify(&good, NOW),
-            Err(AuthError::Malformed)
-        );
-        let huge = hs256(&format!(
-            r#"{{"exp":1700000600,"pad":"{}"}}"#,
-            "x".repeat(DEFAULT_MAX_TOKEN_LEN)
-        ));
+        assert_eq!(hs().max_token_len(good.len() - 1).verify(&good, NOW), Err(AuthError::Malformed));
+        let huge = hs256(&format!(r#"{{"exp":1700000600,"pad":"{}"}}"#, "x".repeat(DEFAULT_MAX_TOKEN_LEN)));
         assert_eq!(hs().verify(&huge, NOW), Err(AuthError::Malformed));
     }
 
     #[test]
     fn issuer() {
         let v = hs().issuer("https://issuer.example");
-        assert!(v
-            .verify(
-                &hs256(r#"{"exp":1700000600,"iss":"https://issuer.example"}"#),
-                NOW
-            )
-            .is_ok());
-        for claims in [
-            r#"{"exp":1700000600,"iss":"https://evil.example"}"#,
-            r#"{"exp":1700000600}"#,
-        ] {
-            assert_eq!(
-                v.verify(&hs256(claims), NOW),
-                Err(AuthError::WrongIssuer),
-                "{claims}"
-            );
+        assert!(v.verify(&hs256(r#"{"exp":1700000600,"iss":"https://issuer.example"}"#), NOW).is_ok());
+        for claims in [r#"{"exp":1700000600,"iss":"https://evil.example"}"#, r#"{"exp":1700000600}"#] {
+            assert_eq!(v.verify(&hs256(claims), NOW), Err(AuthError::WrongIssuer), "{claims}");
         }
         // Not configured: any issuer.
-        assert!(hs()
-            .verify(&hs256(r#"{"exp":1700000600,"iss":"anyone"}"#), NOW)
-            .is_ok());
+        assert!(hs().verify(&hs256(r#"{"exp":1700000600,"iss":"anyone"}"#), NOW).is_ok());
     }
 
     #[test]
@@ -752,17 +652,10 @@ mod tests {
             r#"{"exp":1700000600,"aud":[]}"#,
             r#"{"exp":1700000600}"#,
         ] {
-            assert_eq!(
-                v.verify(&hs256(claims), NOW),
-                Err(AuthError::WrongAudience),
-                "{claims}"
-            );
+            assert_eq!(v.verify(&hs256(claims), NOW), Err(AuthError::WrongAudience), "{claims}");
         }
         // No audience configured: a token addressed to someone is not for us.
-        assert_eq!(
-            hs().verify(&hs256(r#"{"exp":1700000600,"aud":"wsloop"}"#), NOW),
-            Err(AuthError::WrongAudience)
-        );
+        assert_eq!(hs().verify(&hs256(r#"{"exp":1700000600,"aud":"wsloop"}"#), NOW), Err(AuthError::WrongAudience));
         assert!(hs().verify(&hs256(CLAIMS), NOW).is_ok());
     }
 
@@ -775,48 +668,24 @@ mod tests {
         let v = es();
         let sub = |r: Result<Claims, AuthError>| r.map(|c| c.sub);
         let alice = Ok(Some("alice".to_owned()));
-        assert_eq!(
-            sub(with_request("/ws", &[("Authorization", &auth)], |req| v
-                .verify_request(req, NOW))),
-            alice
-        );
-        assert_eq!(
-            sub(with_request(&query, &[], |req| v.verify_request(req, NOW))),
-            alice
-        );
+        assert_eq!(sub(with_request("/ws", &[("Authorization", &auth)], |req| v.verify_request(req, NOW))), alice);
+        assert_eq!(sub(with_request(&query, &[], |req| v.verify_request(req, NOW))), alice);
         let fields = [("Sec-WebSocket-Protocol", protocols.as_str())];
         with_request("/ws", &fields, |req| {
             assert_eq!(sub(v.verify_request(req, NOW)), alice);
             assert_eq!(bearer::client_protocols(req).collect::<Vec<_>>(), ["chat"]);
         });
-        assert_eq!(
-            with_request("/ws", &[], |req| v.verify_request(req, NOW)),
-            Err(AuthError::Missing)
-        );
-        let both = [
-            ("Authorization", auth.as_str()),
-            ("Sec-WebSocket-Protocol", protocols.as_str()),
-        ];
-        assert_eq!(
-            with_request("/ws", &both, |req| v.verify_request(req, NOW)),
-            Err(AuthError::Ambiguous)
-        );
-        let expired = with_request("/ws", &[("Authorization", &auth)], |req| {
-            v.verify_request(req, NOW + 3600)
-        });
+        assert_eq!(with_request("/ws", &[], |req| v.verify_request(req, NOW)), Err(AuthError::Missing));
+        let both = [("Authorization", auth.as_str()), ("Sec-WebSocket-Protocol", protocols.as_str())];
+        assert_eq!(with_request("/ws", &both, |req| v.verify_request(req, NOW)), Err(AuthError::Ambiguous));
+        let expired = with_request("/ws", &[("Authorization", &auth)], |req| v.verify_request(req, NOW + 3600));
         assert_eq!(expired, Err(AuthError::Expired));
     }
 
     #[test]
     fn unusable_keys() {
-        let keys = |name| {
-            std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR")))
-                .unwrap()
-        };
-        assert_eq!(
-            JwtVerifier::from_secret(&SECRET[..31]).unwrap_err(),
-            AuthError::KeyError
-        );
+        let keys = |name| std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert_eq!(JwtVerifier::from_secret(&SECRET[..31]).unwrap_err(), AuthError::KeyError);
         assert!(JwtVerifier::from_secret(&[7; 32]).is_ok());
         let cases = [
             (keys("rsa1024-public.pem"), Alg::Rs256),
@@ -825,31 +694,19 @@ mod tests {
             (RS_PUBLIC.to_owned(), Alg::Es256),
             (RS_PUBLIC_PKCS1.to_owned(), Alg::Es256),
             (RS_PRIVATE.to_owned(), Alg::Rs256),
-            (
-                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_owned(),
-                Alg::Rs256,
-            ),
+            ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_owned(), Alg::Rs256),
             ("not pem".to_owned(), Alg::Es256),
         ];
         for (pem, alg) in &cases {
-            assert_eq!(
-                JwtVerifier::from_public_key_pem(pem, *alg).unwrap_err(),
-                AuthError::KeyError,
-                "{alg:?} {pem}"
-            );
+            assert_eq!(JwtVerifier::from_public_key_pem(pem, *alg).unwrap_err(), AuthError::KeyError, "{alg:?} {pem}");
         }
     }
 
     #[test]
     fn debug_does_not_print_the_secret() {
-        let v = JwtVerifier::from_secret(b"super-secret-value-0123456789abcdef")
-            .unwrap()
-            .audience("wsloop");
+        let v = JwtVerifier::from_secret(b"super-secret-value-0123456789abcdef").unwrap().audience("wsloop");
         let shown = format!("{v:?}");
-        assert!(
-            shown.contains("Hs256") && shown.contains("wsloop"),
-            "{shown}"
-        );
+        assert!(shown.contains("Hs256") && shown.contains("wsloop"), "{shown}");
         assert!(!shown.contains("super-secret"), "{shown}");
         assert_eq!(v.alg(), Alg::Hs256);
         assert_eq!(es().alg(), Alg::Es256);

@@ -113,27 +113,15 @@ impl AuthError {
     /// The one table from error to response: status, reason, challenge header.
     fn response(self) -> (u16, &'static str, &'static str) {
         match self {
-            AuthError::Missing => (
-                401,
-                "bearer token required",
-                "WWW-Authenticate: Bearer realm=\"wsloop\"\r\n",
-            ),
-            AuthError::Ambiguous => refusal!(
-                400,
-                "invalid_request",
-                "bearer token sent by more than one method"
-            ),
+            AuthError::Missing => (401, "bearer token required", "WWW-Authenticate: Bearer realm=\"wsloop\"\r\n"),
+            AuthError::Ambiguous => refusal!(400, "invalid_request", "bearer token sent by more than one method"),
             AuthError::Malformed => {
                 refusal!(401, "invalid_token", "token is not a well-formed JWT")
             }
             AuthError::BadSignature => {
                 refusal!(401, "invalid_token", "token signature does not verify")
             }
-            AuthError::AlgorithmMismatch => refusal!(
-                401,
-                "invalid_token",
-                "token alg is not the configured algorithm"
-            ),
+            AuthError::AlgorithmMismatch => refusal!(401, "invalid_token", "token alg is not the configured algorithm"),
             AuthError::AlgNone => refusal!(401, "invalid_token", "unsigned token (alg none)"),
             AuthError::MissingExpiry => refusal!(401, "invalid_token", "token has no exp claim"),
             AuthError::Expired => refusal!(401, "invalid_token", "token expired"),
@@ -224,34 +212,21 @@ mod tests {
                 assert_eq!(h, "");
                 continue;
             }
-            assert!(
-                h.starts_with("WWW-Authenticate: Bearer realm=\"wsloop\""),
-                "{e:?}: {h}"
-            );
-            assert!(
-                h.ends_with("\r\n") && h.matches("\r\n").count() == 1,
-                "{e:?}"
-            );
+            assert!(h.starts_with("WWW-Authenticate: Bearer realm=\"wsloop\""), "{e:?}: {h}");
+            assert!(h.ends_with("\r\n") && h.matches("\r\n").count() == 1, "{e:?}");
             // Only the delimiting quotes: realm, and error plus description when present.
             let quotes = h.matches('"').count();
             match e {
                 AuthError::Missing => assert_eq!(quotes, 2),
                 _ => {
                     assert_eq!(quotes, 6, "{e:?}");
-                    assert!(
-                        h.contains(&format!("error_description=\"{}\"", e.reason())),
-                        "{e:?}"
-                    );
+                    assert!(h.contains(&format!("error_description=\"{}\"", e.reason())), "{e:?}");
                 }
             }
             assert!(!e.reason().contains(['"', '\\']));
         }
-        assert!(AuthError::Expired
-            .www_authenticate()
-            .contains("error=\"invalid_token\""));
-        assert!(AuthError::Ambiguous
-            .www_authenticate()
-            .contains("error=\"invalid_request\""));
+        assert!(AuthError::Expired.www_authenticate().contains("error=\"invalid_token\""));
+        assert!(AuthError::Ambiguous.www_authenticate().contains("error=\"invalid_request\""));
         assert!(!AuthError::Missing.www_authenticate().contains("error"));
     }
 
@@ -273,13 +248,7 @@ mod tests {
         use crate::proto::handshake::write_reject;
         let e = AuthError::Expired;
         let mut out = [0u8; 512];
-        let n = write_reject(
-            &mut out,
-            e.status(),
-            e.reason(),
-            e.www_authenticate().as_bytes(),
-        )
-        .unwrap();
+        let n = write_reject(&mut out, e.status(), e.reason(), e.www_authenticate().as_bytes()).unwrap();
         let text = std::str::from_utf8(&out[..n]).unwrap();
         assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
         let challenge = "WWW-Authenticate: Bearer realm=\"wsloop\", error=\"invalid_token\", \

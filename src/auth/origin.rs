@@ -46,9 +46,7 @@ impl OriginPolicy {
     /// Only `http`, `https`, `ws` and `wss` origins can match; `Origin: null` (sandboxed
     /// frames, `file:` pages) and other schemes are refused.
     pub fn same_host() -> Self {
-        OriginPolicy {
-            rule: Rule::SameHost,
-        }
+        OriginPolicy { rule: Rule::SameHost }
     }
 
     /// Accepts any `Origin`, including `null`.
@@ -73,24 +71,19 @@ impl OriginPolicy {
             if origin == "*" {
                 return Ok(OriginPolicy::any());
             }
-            let o =
-                SerializedOrigin::parse(origin).ok_or_else(|| InvalidOrigin(origin.to_owned()))?;
+            let o = SerializedOrigin::parse(origin).ok_or_else(|| InvalidOrigin(origin.to_owned()))?;
             entries.push(Entry {
                 scheme: o.scheme.to_ascii_lowercase(),
                 host: o.host.to_ascii_lowercase(),
                 port: o.effective_port(),
             });
         }
-        Ok(OriginPolicy {
-            rule: Rule::AllowList(entries),
-        })
+        Ok(OriginPolicy { rule: Rule::AllowList(entries) })
     }
 
     /// Whether `req` may proceed. Without an `Origin` header it always may.
     pub fn check(&self, req: &Request<'_, '_>) -> Result<(), OriginRejected> {
-        let mut origins = req
-            .headers()
-            .filter(|(name, _)| name.eq_ignore_ascii_case("origin"));
+        let mut origins = req.headers().filter(|(name, _)| name.eq_ignore_ascii_case("origin"));
         let raw = match (origins.next(), origins.next()) {
             (None, _) => return Ok(()),
             (Some(_), Some(_)) => return Err(OriginRejected::Multiple),
@@ -106,17 +99,12 @@ impl OriginPolicy {
         match &self.rule {
             Rule::Any => Ok(()),
             Rule::SameHost => {
-                let (host, port) = req
-                    .host()
-                    .and_then(|h| split_host_port(h.trim()))
-                    .ok_or(OriginRejected::NoHost)?;
+                let (host, port) = req.host().and_then(|h| split_host_port(h.trim())).ok_or(OriginRejected::NoHost)?;
                 // Only web origins can be "this site"; `chrome-extension://x` names no host.
                 let Some(default) = default_port(origin.scheme) else {
                     return Err(OriginRejected::CrossOrigin);
                 };
-                if origin.host.eq_ignore_ascii_case(host)
-                    && origin.port.unwrap_or(default) == port.unwrap_or(default)
-                {
+                if origin.host.eq_ignore_ascii_case(host) && origin.port.unwrap_or(default) == port.unwrap_or(default) {
                     Ok(())
                 } else {
                     Err(OriginRejected::CrossOrigin)
@@ -187,11 +175,7 @@ pub struct InvalidOrigin(pub String);
 
 impl fmt::Display for InvalidOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "not an origin (want scheme://host[:port] or *): {:?}",
-            self.0
-        )
+        write!(f, "not an origin (want scheme://host[:port] or *): {:?}", self.0)
     }
 }
 
@@ -247,10 +231,7 @@ fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
             None => (s, None),
         }
     };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'));
+    let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'));
     if !host_ok {
         return None;
     }
@@ -267,11 +248,7 @@ mod tests {
     use super::*;
     use crate::auth::with_request;
 
-    fn check(
-        policy: &OriginPolicy,
-        host: Option<&str>,
-        origin: Option<&str>,
-    ) -> Result<(), OriginRejected> {
+    fn check(policy: &OriginPolicy, host: Option<&str>, origin: Option<&str>) -> Result<(), OriginRejected> {
         let mut fields = Vec::new();
         fields.extend(host.map(|h| ("Host", h)));
         fields.extend(origin.map(|o| ("Origin", o)));
@@ -282,11 +259,7 @@ mod tests {
     fn same_host_table() {
         use OriginRejected::*;
         // (Host, Origin, outcome)
-        type Case = (
-            Option<&'static str>,
-            Option<&'static str>,
-            Result<(), OriginRejected>,
-        );
+        type Case = (Option<&'static str>, Option<&'static str>, Result<(), OriginRejected>);
         let cases: &[Case] = &[
             // No Origin: not a browser, accepted whatever Host says.
             (Some("example.com"), None, Ok(())),
@@ -297,159 +270,65 @@ mod tests {
             (Some("example.com:443"), Some("https://example.com"), Ok(())),
             (Some("example.com:80"), Some("http://example.com"), Ok(())),
             (Some("example.com"), Some("https://example.com:443"), Ok(())),
-            (
-                Some("example.com:8080"),
-                Some("http://example.com:8080"),
-                Ok(()),
-            ),
+            (Some("example.com:8080"), Some("http://example.com:8080"), Ok(())),
             (Some("example.com:"), Some("https://example.com"), Ok(())),
-            (
-                Some("127.0.0.1:9001"),
-                Some("http://127.0.0.1:9001"),
-                Ok(()),
-            ),
+            (Some("127.0.0.1:9001"), Some("http://127.0.0.1:9001"), Ok(())),
             (Some("[::1]:9001"), Some("http://[::1]:9001"), Ok(())),
             (Some("[::1]"), Some("https://[::1]"), Ok(())),
             (Some("example.com"), Some("wss://example.com"), Ok(())),
-            (
-                Some("example.com"),
-                Some("https://evil.com"),
-                Err(CrossOrigin),
-            ),
-            (
-                Some("example.com"),
-                Some("https://example.com.evil.com"),
-                Err(CrossOrigin),
-            ),
-            (
-                Some("example.com"),
-                Some("https://sub.example.com"),
-                Err(CrossOrigin),
-            ),
-            (
-                Some("example.com:443"),
-                Some("http://example.com"),
-                Err(CrossOrigin),
-            ),
-            (
-                Some("example.com:8080"),
-                Some("http://example.com"),
-                Err(CrossOrigin),
-            ),
-            (
-                Some("example.com"),
-                Some("http://example.com:8080"),
-                Err(CrossOrigin),
-            ),
-            (
-                Some("[::1]:9001"),
-                Some("http://[::2]:9001"),
-                Err(CrossOrigin),
-            ),
-            (
-                Some("example.com"),
-                Some("chrome-extension://example.com"),
-                Err(CrossOrigin),
-            ),
+            (Some("example.com"), Some("https://evil.com"), Err(CrossOrigin)),
+            (Some("example.com"), Some("https://example.com.evil.com"), Err(CrossOrigin)),
+            (Some("example.com"), Some("https://sub.example.com"), Err(CrossOrigin)),
+            (Some("example.com:443"), Some("http://example.com"), Err(CrossOrigin)),
+            (Some("example.com:8080"), Some("http://example.com"), Err(CrossOrigin)),
+            (Some("example.com"), Some("http://example.com:8080"), Err(CrossOrigin)),
+            (Some("[::1]:9001"), Some("http://[::2]:9001"), Err(CrossOrigin)),
+            (Some("example.com"), Some("chrome-extension://example.com"), Err(CrossOrigin)),
             (None, Some("https://example.com"), Err(NoHost)),
-            (
-                Some("exa mple.com"),
-                Some("https://example.com"),
-                Err(NoHost),
-            ),
-            (
-                Some("example.com:99999"),
-                Some("https://example.com"),
-                Err(NoHost),
-            ),
+            (Some("exa mple.com"), Some("https://example.com"), Err(NoHost)),
+            (Some("example.com:99999"), Some("https://example.com"), Err(NoHost)),
             (Some("example.com"), Some("null"), Err(Malformed)),
             (Some("example.com"), Some("example.com"), Err(Malformed)),
-            (
-                Some("example.com"),
-                Some("https://example.com/"),
-                Err(Malformed),
-            ),
-            (
-                Some("example.com"),
-                Some("https://user@example.com"),
-                Err(Malformed),
-            ),
-            (
-                Some("example.com"),
-                Some("https://example.com:x"),
-                Err(Malformed),
-            ),
+            (Some("example.com"), Some("https://example.com/"), Err(Malformed)),
+            (Some("example.com"), Some("https://user@example.com"), Err(Malformed)),
+            (Some("example.com"), Some("https://example.com:x"), Err(Malformed)),
             (Some("example.com"), Some("https://"), Err(Malformed)),
-            (
-                Some("example.com"),
-                Some("https://a.com https://example.com"),
-                Err(Malformed),
-            ),
+            (Some("example.com"), Some("https://a.com https://example.com"), Err(Malformed)),
         ];
         let policy = OriginPolicy::default();
         for (host, origin, want) in cases {
-            assert_eq!(
-                check(&policy, *host, *origin),
-                *want,
-                "Host {host:?}, Origin {origin:?}"
-            );
+            assert_eq!(check(&policy, *host, *origin), *want, "Host {host:?}, Origin {origin:?}");
         }
     }
 
     #[test]
     fn two_origin_headers_are_refused() {
-        let fields = [
-            ("Host", "example.com"),
-            ("Origin", "https://example.com"),
-            ("Origin", "https://example.com"),
-        ];
+        let fields = [("Host", "example.com"), ("Origin", "https://example.com"), ("Origin", "https://example.com")];
         for policy in [OriginPolicy::same_host(), OriginPolicy::any()] {
-            assert_eq!(
-                with_request("/", &fields, |req| policy.check(req)),
-                Err(OriginRejected::Multiple)
-            );
+            assert_eq!(with_request("/", &fields, |req| policy.check(req)), Err(OriginRejected::Multiple));
         }
     }
 
     #[test]
     fn allow_list() {
-        let policy = OriginPolicy::allow_list([
-            "https://app.example.com",
-            "HTTP://LOCALHOST:3000",
-            "https://b.example:443",
-        ])
-        .unwrap();
+        let policy =
+            OriginPolicy::allow_list(["https://app.example.com", "HTTP://LOCALHOST:3000", "https://b.example:443"])
+                .unwrap();
         let host = Some("api.example.com");
-        for ok in [
-            "https://app.example.com",
-            "https://APP.example.com:443",
-            "http://localhost:3000",
-            "https://b.example",
-        ] {
+        for ok in
+            ["https://app.example.com", "https://APP.example.com:443", "http://localhost:3000", "https://b.example"]
+        {
             assert_eq!(check(&policy, host, Some(ok)), Ok(()), "{ok}");
         }
-        for bad in [
-            "http://app.example.com",
-            "https://app.example.com:8443",
-            "http://localhost",
-            "https://api.example.com",
-        ] {
-            assert_eq!(
-                check(&policy, host, Some(bad)),
-                Err(OriginRejected::NotAllowed),
-                "{bad}"
-            );
+        for bad in
+            ["http://app.example.com", "https://app.example.com:8443", "http://localhost", "https://api.example.com"]
+        {
+            assert_eq!(check(&policy, host, Some(bad)), Err(OriginRejected::NotAllowed), "{bad}");
         }
-        assert_eq!(
-            check(&policy, host, Some("null")),
-            Err(OriginRejected::Malformed)
-        );
+        assert_eq!(check(&policy, host, Some("null")), Err(OriginRejected::Malformed));
         assert_eq!(check(&policy, host, None), Ok(()));
         // The Host header is not consulted.
-        assert_eq!(
-            check(&policy, None, Some("https://app.example.com")),
-            Ok(())
-        );
+        assert_eq!(check(&policy, None, Some("https://app.example.com")), Ok(()));
     }
 
     #[test]
@@ -463,26 +342,12 @@ mod tests {
 
     #[test]
     fn invalid_allow_list_entries() {
-        for bad in [
-            "null",
-            "example.com",
-            "https://example.com/",
-            "https://example.com/path",
-            "",
-            "*.example.com",
-        ] {
-            assert_eq!(
-                OriginPolicy::allow_list([bad]),
-                Err(InvalidOrigin(bad.to_owned())),
-                "{bad}"
-            );
+        for bad in ["null", "example.com", "https://example.com/", "https://example.com/path", "", "*.example.com"] {
+            assert_eq!(OriginPolicy::allow_list([bad]), Err(InvalidOrigin(bad.to_owned())), "{bad}");
         }
         // An empty list is valid and refuses every browser.
         let none = OriginPolicy::allow_list(Vec::<String>::new()).unwrap();
-        assert_eq!(
-            check(&none, Some("example.com"), Some("https://example.com")),
-            Err(OriginRejected::NotAllowed)
-        );
+        assert_eq!(check(&none, Some("example.com"), Some("https://example.com")), Err(OriginRejected::NotAllowed));
     }
 
     #[test]

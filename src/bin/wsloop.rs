@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 use std::time::Duration;
+use wsloop::auth::{Alg, JwtVerifier, OriginPolicy};
 use wsloop::server::{BackpressurePolicy, Config, Connection, Handler, Message, Server};
 
 const USAGE: &str = "\
@@ -23,6 +24,15 @@ options:
   --max-conns N              open connections overall; excess gets 503
   --max-conns-per-ip N       open connections per client IP; excess gets 503
   --max-msg-rate N           messages per second per connection; over it: close 1008
+  --drain-timeout SECS       on SIGTERM/SIGINT, wait this long for clients to close (default 10)
+  --allow-origin LIST        comma-separated origins (scheme://host[:port]) or *; default:
+                             an Origin header must match the Host header (else 403)
+  --jwt-secret-file PATH     require an HS256 JWT signed with the secret in PATH (else 401)
+  --jwt-public-key PATH      require a JWT verified with this PEM public key (with --jwt-alg)
+  --jwt-alg ALG              RS256 | ES256 (with --jwt-public-key)
+  --jwt-issuer ISS           required `iss` claim
+  --jwt-audience AUD         required `aud` claim
+  --admin-listen ADDR        serve GET /metrics and GET /healthz on ADDR (default: off)
   -h, --help                 this text
 
 Logging: RUST_LOG=info (default), debug, ...
@@ -41,20 +51,15 @@ struct Args {
 }
 
 fn parse_secs(flag: &str, v: &str) -> Result<Duration, String> {
-    let s: f64 = v
-        .parse()
-        .map_err(|_| format!("{flag}: not a number of seconds: {v}"))?;
+    let s: f64 = v.parse().map_err(|_| format!("{flag}: not a number of seconds: {v}"))?;
     if !(s.is_finite() && s > 0.0 && s < 1e9) {
-        return Err(format!(
-            "{flag}: must be a positive number of seconds, got {v}"
-        ));
+        return Err(format!("{flag}: must be a positive number of seconds, got {v}"));
     }
     Ok(Duration::from_secs_f64(s))
 }
 
 fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse()
-        .map_err(|_| format!("{flag}: not a valid number: {v}"))
+    v.parse().map_err(|_| format!("{flag}: not a valid number: {v}"))
 }
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
@@ -68,6 +73,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut cfg = Config::default();
     let mut policy = None;
     let mut listen = "127.0.0.1:9001".to_string();
+    let mut jwt = JwtFlags::default();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
@@ -76,12 +82,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
             _ => (flag.as_str(), None),
         };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or(format!("{flag} needs a value"))
-        };
+        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or(format!("{flag} needs a value"));
         match flag {
             "--listen" => listen = value()?,
             "--workers" => cfg.workers = parse_num(flag, &value()?)?,
@@ -92,11 +93,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                     "pause" => BackpressurePolicy::PauseReading,
                     "drop" => BackpressurePolicy::Drop,
                     "close" => BackpressurePolicy::Close,
-                    other => {
-                        return Err(format!(
-                            "--backpressure: expected pause, drop or close, got {other}"
-                        ))
-                    }
+                    other => return Err(format!("--backpressure: expected pause, drop or close, got {other}")),
                 })
             }
             "--ping-interval" => cfg.ping_interval = parse_secs(flag, &value()?)?,
@@ -106,17 +103,88 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--max-conns" => cfg.max_conns = parse_num(flag, &value()?)?,
             "--max-conns-per-ip" => cfg.max_conns_per_ip = parse_num(flag, &value()?)?,
             "--max-msg-rate" => cfg.max_msg_rate = Some(parse_num(flag, &value()?)?),
+            "--drain-timeout" => cfg.drain_timeout = parse_secs(flag, &value()?)?,
+            "--allow-origin" => {
+                let list = value()?;
+                let items: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                cfg.origin_policy = OriginPolicy::allow_list(items).map_err(|e| format!("--allow-origin: {e:?}"))?;
+            }
+            "--admin-listen" => {
+                let v = value()?;
+                cfg.admin_listen = Some(v.parse().map_err(|_| format!("--admin-listen: not an address: {v}"))?);
+            }
+            "--jwt-secret-file" => jwt.secret_file = Some(value()?),
+            "--jwt-public-key" => jwt.public_key = Some(value()?),
+            "--jwt-alg" => jwt.alg = Some(value()?),
+            "--jwt-issuer" => jwt.issuer = Some(value()?),
+            "--jwt-audience" => jwt.audience = Some(value()?),
             other => return Err(format!("unknown option: {other}")),
         }
     }
     if cfg.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
+    cfg.jwt = jwt.verifier()?.map(std::sync::Arc::new);
     cfg.backpressure_policy = policy.unwrap_or(match mode {
         Mode::Echo => BackpressurePolicy::PauseReading,
         Mode::Rooms => BackpressurePolicy::Drop,
     });
     Ok(Args { mode, listen, cfg })
+}
+
+/// The JWT flags, checked together once all are read.
+#[derive(Default)]
+struct JwtFlags {
+    secret_file: Option<String>,
+    public_key: Option<String>,
+    alg: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl JwtFlags {
+    fn verifier(self) -> Result<Option<JwtVerifier>, String> {
+        let read = |flag: &str, path: &str| std::fs::read(path).map_err(|e| format!("{flag} {path}: {e}"));
+        let v = match (self.secret_file, self.public_key) {
+            (Some(_), Some(_)) => return Err("give --jwt-secret-file or --jwt-public-key, not both".into()),
+            (Some(path), None) => {
+                if self.alg.as_deref().is_some_and(|a| !a.eq_ignore_ascii_case("HS256")) {
+                    return Err("--jwt-secret-file is HS256; --jwt-alg must be HS256 or absent".into());
+                }
+                let mut secret = read("--jwt-secret-file", &path)?;
+                // A trailing newline from `echo secret > file` is not part of the secret.
+                while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    secret.pop();
+                }
+                JwtVerifier::from_secret(&secret).map_err(|e| format!("--jwt-secret-file: {}", e.reason()))?
+            }
+            (None, Some(path)) => {
+                let alg = match self.alg.as_deref().map(str::to_ascii_uppercase).as_deref() {
+                    Some("RS256") => Alg::Rs256,
+                    Some("ES256") => Alg::Es256,
+                    Some(other) => return Err(format!("--jwt-alg: expected RS256 or ES256, got {other}")),
+                    None => return Err("--jwt-public-key needs --jwt-alg RS256|ES256".into()),
+                };
+                let pem = String::from_utf8(read("--jwt-public-key", &path)?)
+                    .map_err(|_| format!("--jwt-public-key {path}: not a PEM text file"))?;
+                JwtVerifier::from_public_key_pem(&pem, alg).map_err(|e| format!("--jwt-public-key: {}", e.reason()))?
+            }
+            (None, None) => {
+                if self.alg.is_some() || self.issuer.is_some() || self.audience.is_some() {
+                    return Err("--jwt-alg/--jwt-issuer/--jwt-audience need --jwt-secret-file or --jwt-public-key".into());
+                }
+                return Ok(None);
+            }
+        };
+        let mut v = v;
+        if let Some(iss) = self.issuer {
+            v = v.issuer(iss);
+        }
+        if let Some(aud) = self.audience {
+            v = v.audience(aud);
+        }
+        Ok(Some(v))
+    }
 }
 
 struct Echo;
@@ -177,16 +245,14 @@ fn main() -> ExitCode {
     };
     let handle = server.handle();
     install_signal_handlers(handle.clone());
-    let mode = if args.mode == Mode::Echo {
-        "echo"
-    } else {
-        "rooms"
-    };
-    log::info!(
-        "wsloop {mode} listening on ws://{} with {} workers",
-        server.local_addr(),
-        args.cfg.workers
-    );
+    if let Some(a) = server.admin_addr() {
+        log::info!("admin: http://{a}/metrics and /healthz");
+    }
+    if args.cfg.jwt.is_some() {
+        log::info!("JWT required on every path");
+    }
+    let mode = if args.mode == Mode::Echo { "echo" } else { "rooms" };
+    log::info!("wsloop {mode} listening on ws://{} with {} workers", server.local_addr(), args.cfg.workers);
     let result = match args.mode {
         Mode::Echo => server.run(|_| Echo),
         Mode::Rooms => server.run(|_| Rooms),
@@ -251,9 +317,6 @@ mod tests {
         assert!(args("echo --nope 1").is_err());
         assert!(args("echo --idle-timeout -1").is_err());
         assert!(args("serve").is_err());
-        assert_eq!(
-            args("rooms").unwrap().cfg.backpressure_policy,
-            BackpressurePolicy::Drop
-        );
+        assert_eq!(args("rooms").unwrap().cfg.backpressure_policy, BackpressurePolicy::Drop);
     }
 }

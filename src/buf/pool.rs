@@ -15,12 +15,7 @@ pub struct BufPool {
 impl BufPool {
     /// A pool of rings of `size` bytes that keeps at most `max_free` idle ones.
     pub fn new(size: usize, max_free: usize) -> Self {
-        BufPool {
-            size,
-            free: Vec::new(),
-            max_free,
-            lent: 0,
-        }
+        BufPool { size, free: Vec::new(), max_free, lent: 0 }
     }
 
     /// Capacity of each ring.
@@ -31,10 +26,7 @@ impl BufPool {
     /// An empty ring, from the free list or newly allocated.
     pub fn take(&mut self) -> Ring {
         self.lent += 1;
-        let storage = self
-            .free
-            .pop()
-            .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice());
+        let storage = self.free.pop().unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice());
         Ring::from_storage(storage)
     }
 

@@ -16,11 +16,7 @@ pub struct Ring {
 impl Ring {
     /// A ring over `storage` (its contents are ignored).
     pub fn from_storage(storage: Box<[u8]>) -> Self {
-        Ring {
-            buf: storage,
-            head: 0,
-            len: 0,
-        }
+        Ring { buf: storage, head: 0, len: 0 }
     }
 
     /// Gives the storage back (for the pool).
@@ -63,10 +59,7 @@ impl Ring {
         if self.head + self.len <= cap {
             (&self.buf[self.head..self.head + self.len], &[])
         } else {
-            (
-                &self.buf[self.head..],
-                &self.buf[..self.head + self.len - cap],
-            )
+            (&self.buf[self.head..], &self.buf[..self.head + self.len - cap])
         }
     }
 
@@ -180,11 +173,7 @@ impl Ring {
         if k == 0 {
             return Ok(0);
         }
-        let n = if k == 1 {
-            dst.write(&iov[0])?
-        } else {
-            dst.write_vectored(&iov[..k])?
-        };
+        let n = if k == 1 { dst.write(&iov[0])? } else { dst.write_vectored(&iov[..k])? };
         let from_ring = n.min(self.len);
         self.consume(from_ring);
         Ok(n)

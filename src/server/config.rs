@@ -1,6 +1,12 @@
 //! Every limit and timeout of a server, with its default.
 
+#[cfg(feature = "jwt")]
+use crate::auth::JwtVerifier;
+use crate::auth::OriginPolicy;
 use crate::proto::{DecoderConfig, HandshakeLimits, Role};
+use std::net::SocketAddr;
+#[cfg(feature = "jwt")]
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What happens when a connection's outgoing buffer is over `max_backpressure`.
@@ -65,14 +71,23 @@ pub struct Config {
     pub broadcast_coalesce: Duration,
     /// Pause after EMFILE/ENFILE before accepting again (default 100 ms).
     pub accept_pause: Duration,
+    /// Which `Origin` headers are let in (default: same host as `Host`). Refusal: 403.
+    pub origin_policy: OriginPolicy,
+    /// Require a valid JWT on every upgrade (default: none). Refusal: 401.
+    #[cfg(feature = "jwt")]
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// Close a connection with 1008 when its token's `exp` passes (default true; only
+    /// with `jwt`).
+    #[cfg(feature = "jwt")]
+    pub close_on_token_expiry: bool,
+    /// Serve `GET /metrics` and `GET /healthz` on this address (default: off).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             max_message: 16 << 20,
             max_fragments: 100_000,
             max_backpressure: 1 << 20,
@@ -93,6 +108,12 @@ impl Default for Config {
             tick: Duration::from_millis(100),
             broadcast_coalesce: Duration::from_millis(2),
             accept_pause: Duration::from_millis(100),
+            origin_policy: OriginPolicy::default(),
+            #[cfg(feature = "jwt")]
+            jwt: None,
+            #[cfg(feature = "jwt")]
+            close_on_token_expiry: true,
+            admin_listen: None,
         }
     }
 }
@@ -108,10 +129,7 @@ impl Config {
     }
 
     pub(crate) fn handshake_limits(&self) -> HandshakeLimits {
-        HandshakeLimits {
-            max_header_bytes: self.max_header_bytes,
-            max_headers: self.max_headers,
-        }
+        HandshakeLimits { max_header_bytes: self.max_header_bytes, max_headers: self.max_headers }
     }
 
     /// Clamps values that would make the server unable to work.
@@ -122,9 +140,7 @@ impl Config {
         self.read_buffer_size = self.read_buffer_size.max(self.max_header_bytes + 1);
         self.write_buffer_size = self.write_buffer_size.max(512);
         self.tick = self.tick.max(Duration::from_millis(1));
-        self.max_headers = self
-            .max_headers
-            .clamp(1, crate::proto::handshake::MAX_HEADERS);
+        self.max_headers = self.max_headers.clamp(1, crate::proto::handshake::MAX_HEADERS);
         self
     }
 }

@@ -89,13 +89,7 @@ impl Outbox {
         direct: bool,
     ) -> io::Result<usize> {
         let mut hbuf = [0u8; MAX_HEADER_LEN];
-        let h = FrameHeader {
-            fin: true,
-            rsv: 0,
-            opcode,
-            mask: None,
-            payload_len: payload.len() as u64,
-        };
+        let h = FrameHeader { fin: true, rsv: 0, opcode, mask: None, payload_len: payload.len() as u64 };
         let hl = h.encode(&mut hbuf).unwrap_or(0);
         let mut written = 0;
         if direct && self.len == 0 && hl + payload.len() > pool.ring_size() {
@@ -151,11 +145,7 @@ impl Outbox {
 
     /// Writes until the socket would block or nothing is left. Returns the bytes written
     /// and whether anything remains.
-    pub fn flush<W: Write>(
-        &mut self,
-        pool: &mut BufPool,
-        sock: &mut W,
-    ) -> io::Result<(usize, Flushed)> {
+    pub fn flush<W: Write>(&mut self, pool: &mut BufPool, sock: &mut W) -> io::Result<(usize, Flushed)> {
         let mut total = 0;
         while self.len > 0 {
             let mut extra: [&[u8]; 4] = [&[]; 4];
@@ -383,26 +373,17 @@ mod tests {
     fn queued_bytes_come_out_in_order_through_ring_and_overflow() {
         let mut pool = BufPool::new(512, 4);
         let mut out = Outbox::default();
-        let mut sink = Sink {
-            data: Vec::new(),
-            budget: 0,
-        };
+        let mut sink = Sink { data: Vec::new(), budget: 0 };
         let mut expect = Vec::new();
         for i in 0..200u32 {
             let msg = vec![i as u8; (i as usize * 37) % 300];
             expect.extend_from_slice(&[0x82]);
-            out.queue_frame(&mut pool, &mut sink, OpCode::Binary, &msg, true)
-                .unwrap();
+            out.queue_frame(&mut pool, &mut sink, OpCode::Binary, &msg, true).unwrap();
             let mut h = [0u8; 14];
-            let hl = FrameHeader {
-                fin: true,
-                rsv: 0,
-                opcode: OpCode::Binary,
-                mask: None,
-                payload_len: msg.len() as u64,
-            }
-            .encode(&mut h)
-            .unwrap();
+            let hl =
+                FrameHeader { fin: true, rsv: 0, opcode: OpCode::Binary, mask: None, payload_len: msg.len() as u64 }
+                    .encode(&mut h)
+                    .unwrap();
             expect.truncate(expect.len() - 1);
             expect.extend_from_slice(&h[..hl]);
             expect.extend_from_slice(&msg);
@@ -422,13 +403,9 @@ mod tests {
     fn large_message_on_an_empty_queue_is_written_directly() {
         let mut pool = BufPool::new(512, 4);
         let mut out = Outbox::default();
-        let mut sink = Sink {
-            data: Vec::new(),
-            budget: 1500,
-        };
+        let mut sink = Sink { data: Vec::new(), budget: 1500 };
         let msg = vec![9u8; 4000];
-        out.queue_frame(&mut pool, &mut sink, OpCode::Binary, &msg, true)
-            .unwrap();
+        out.queue_frame(&mut pool, &mut sink, OpCode::Binary, &msg, true).unwrap();
         assert_eq!(sink.data.len(), 1500);
         assert_eq!(out.len(), 4004 - 1500);
         sink.budget = usize::MAX;
@@ -440,10 +417,6 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         // An idle connection's footprint is this struct plus its slab slot and timer.
-        assert!(
-            std::mem::size_of::<Conn>() <= 200,
-            "Conn is {} bytes",
-            std::mem::size_of::<Conn>()
-        );
+        assert!(std::mem::size_of::<Conn>() <= 200, "Conn is {} bytes", std::mem::size_of::<Conn>());
     }
 }

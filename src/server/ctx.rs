@@ -21,11 +21,10 @@ pub(crate) enum TimerEvent {
     /// Re-check the connection's timeouts (one per connection, re-armed lazily).
     Conn { key: u32, generation: u32 },
     /// An application timer.
-    App {
-        key: u32,
-        generation: u32,
-        token: u64,
-    },
+    App { key: u32, generation: u32, token: u64 },
+    /// The connection's token expires: close it with 1008.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    Expire { key: u32, generation: u32 },
 }
 
 /// Timeouts in ticks.
@@ -58,7 +57,18 @@ pub(crate) struct Ctx {
     pub topics: LocalTopics,
     /// Publishes made by handlers on this worker, delivered after the callback returns.
     pub local_pubs: Vec<(Arc<str>, Arc<[u8]>)>,
+    /// The verified token of the connection in `on_open`.
+    pub claims: Option<Claims>,
 }
+
+/// Verified JWT claims (with the `jwt` feature).
+#[cfg(feature = "jwt")]
+pub use crate::auth::Claims;
+
+/// Without the `jwt` feature there are never claims.
+#[cfg(not(feature = "jwt"))]
+#[derive(Clone, Debug)]
+pub enum Claims {}
 
 pub(crate) fn to_ticks(d: Duration, tick: Duration) -> u32 {
     let t = d.as_nanos().div_ceil(tick.as_nanos().max(1));
@@ -90,6 +100,7 @@ impl Ctx {
             deferred_since: None,
             topics: LocalTopics::default(),
             local_pubs: Vec::new(),
+            claims: None,
             cfg,
             shared,
         }
@@ -122,13 +133,7 @@ impl Ctx {
                 }
             }
             None => {
-                core.timer = Some(self.wheel.schedule(
-                    tick,
-                    TimerEvent::Conn {
-                        key,
-                        generation: core.generation,
-                    },
-                ));
+                core.timer = Some(self.wheel.schedule(tick, TimerEvent::Conn { key, generation: core.generation }));
             }
         }
     }
@@ -141,13 +146,7 @@ impl Ctx {
     }
 
     /// Queues a data or control frame, applying the backpressure policy to data frames.
-    pub fn send_frame(
-        &mut self,
-        core: &mut Core,
-        key: u32,
-        op: OpCode,
-        payload: &[u8],
-    ) -> SendStatus {
+    pub fn send_frame(&mut self, core: &mut Core, key: u32, op: OpCode, payload: &[u8]) -> SendStatus {
         if !matches!(core.phase, Phase::Open | Phase::Handshaking) {
             return SendStatus::Dropped;
         }
@@ -171,11 +170,7 @@ impl Ctx {
         }
         // Before the 101 is written (sends from on_open) nothing may go straight out.
         let direct = core.phase == Phase::Open;
-        if core
-            .out
-            .queue_frame(&mut self.wpool, &mut core.stream, op, payload, direct)
-            .is_err()
-        {
+        if core.out.queue_frame(&mut self.wpool, &mut core.stream, op, payload, direct).is_err() {
             // The direct write for a large frame failed: the socket is broken. The read
             // side will see the error; keep the status honest meanwhile.
             return SendStatus::Dropped;
@@ -303,8 +298,7 @@ impl Ctx {
             return 0;
         }
         let frame = frame_message(msg);
-        self.shared
-            .send_to_workers(mask, Some(self.id), topic, &frame);
+        self.shared.send_to_workers(mask, Some(self.id), topic, &frame);
         if mask & (1 << self.id) != 0 {
             self.local_pubs.push((Arc::from(topic), frame));
         }
@@ -322,11 +316,7 @@ pub struct Connection<'a> {
 impl Connection<'_> {
     /// This connection's id.
     pub fn id(&self) -> ConnId {
-        ConnId {
-            worker: self.ctx.id as u16,
-            key: self.key,
-            generation: self.core.generation,
-        }
+        ConnId { worker: self.ctx.id as u16, key: self.key, generation: self.core.generation }
     }
 
     /// The peer's IP address.
@@ -338,10 +328,7 @@ impl Connection<'_> {
     /// everything else queued for this socket.
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
         match msg {
-            Message::Text(s) => {
-                self.ctx
-                    .send_frame(self.core, self.key, OpCode::Text, s.as_bytes())
-            }
+            Message::Text(s) => self.ctx.send_frame(self.core, self.key, OpCode::Text, s.as_bytes()),
             Message::Binary(b) => self.ctx.send_frame(self.core, self.key, OpCode::Binary, b),
         }
     }
@@ -393,6 +380,12 @@ impl Connection<'_> {
         self.ctx.publish(topic, msg)
     }
 
+    /// The verified JWT claims of this connection; `Some` only inside `on_open` when JWT
+    /// auth is on (keep what you need, e.g. `sub`, keyed by [`Connection::id`]).
+    pub fn claims(&self) -> Option<&Claims> {
+        self.ctx.claims.as_ref()
+    }
+
     /// Topics this connection subscribed to, in order.
     pub fn topics(&self) -> &[Box<str>] {
         self.core.topics.as_deref().map_or(&[], |v| v.as_slice())
@@ -400,22 +393,13 @@ impl Connection<'_> {
 
     /// A publisher for use outside callbacks (other threads).
     pub fn publisher(&self) -> Publisher {
-        Publisher {
-            shared: self.ctx.shared.clone(),
-        }
+        Publisher { shared: self.ctx.shared.clone() }
     }
 
     /// Calls `Handler::on_timer(token)` for this connection after `after` (rounded up to
     /// the tick). Dropped silently if the connection is gone by then.
     pub fn schedule(&mut self, after: Duration, token: u64) {
         let at = self.ctx.now_tick as u64 + to_ticks(after, self.ctx.cfg.tick) as u64;
-        self.ctx.wheel.schedule(
-            at,
-            TimerEvent::App {
-                key: self.key,
-                generation: self.core.generation,
-                token,
-            },
-        );
+        self.ctx.wheel.schedule(at, TimerEvent::App { key: self.key, generation: self.core.generation, token });
     }
 }

@@ -69,11 +69,7 @@ pub struct Reject {
 impl Reject {
     /// A refusal with `status` and a short reason.
     pub fn new(status: u16, reason: impl Into<Cow<'static, str>>) -> Self {
-        Reject {
-            status,
-            reason: reason.into(),
-            headers: Vec::new(),
-        }
+        Reject { status, reason: reason.into(), headers: Vec::new() }
     }
 
     /// Adds a header line (`Name: value`).
@@ -90,11 +86,7 @@ impl Reject {
 pub trait Handler: Send + 'static {
     /// A valid upgrade request arrived. Return `Ok` to upgrade (sends from here follow
     /// the 101 response) or `Err` to answer with an HTTP error and close.
-    fn on_open<'r>(
-        &mut self,
-        conn: &mut super::Connection<'_>,
-        req: &Request<'_, 'r>,
-    ) -> Result<Accept<'r>, Reject> {
+    fn on_open<'r>(&mut self, conn: &mut super::Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r>, Reject> {
         let _ = (conn, req);
         Ok(Accept::default())
     }

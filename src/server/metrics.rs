@@ -101,12 +101,8 @@ pub enum TimeoutKind {
 
 impl TimeoutKind {
     /// All kinds, in exposition order.
-    pub const ALL: [TimeoutKind; 4] = [
-        TimeoutKind::Handshake,
-        TimeoutKind::Idle,
-        TimeoutKind::Close,
-        TimeoutKind::WriteStall,
-    ];
+    pub const ALL: [TimeoutKind; 4] =
+        [TimeoutKind::Handshake, TimeoutKind::Idle, TimeoutKind::Close, TimeoutKind::WriteStall];
 
     /// Label value.
     pub fn label(self) -> &'static str {
@@ -123,9 +119,7 @@ impl TimeoutKind {
 pub const HANDSHAKE_STATUSES: [u16; 10] = [400, 401, 403, 404, 405, 426, 429, 431, 500, 503];
 
 /// Close codes counted individually; others go to the last bucket ("other").
-pub const CLOSE_CODES: [u16; 12] = [
-    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 0,
-];
+pub const CLOSE_CODES: [u16; 12] = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 0];
 
 /// Frame opcodes counted (received), by wire value order: continuation, text, binary,
 /// close, ping, pong.
@@ -194,10 +188,7 @@ impl WorkerMetrics {
 
     /// Counts a closed connection by close code.
     pub fn close(&self, code: u16) {
-        let i = CLOSE_CODES[..11]
-            .iter()
-            .position(|&c| c == code)
-            .unwrap_or(11);
+        let i = CLOSE_CODES[..11].iter().position(|&c| c == code).unwrap_or(11);
         self.closes[i].inc();
     }
 
@@ -209,10 +200,7 @@ impl WorkerMetrics {
     /// Records how long handling one message took.
     pub fn observe_latency_ns(&self, ns: u64) {
         let us = ns / 1000;
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
+        let i = LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BUCKETS_US.len());
         self.handle_latency[i].inc();
         self.handle_latency_sum_ns.add(ns);
     }

@@ -18,6 +18,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod admin;
 mod config;
 mod conn;
 mod ctx;
@@ -47,6 +48,7 @@ use std::thread::JoinHandle;
 pub struct Server {
     shared: Arc<Shared>,
     parts: Vec<(mio::Poll, mio::net::TcpListener, Receiver<Cmd>)>,
+    admin: Option<std::net::TcpListener>,
 }
 
 /// Controls a running server from any thread. Cheap to clone.
@@ -62,11 +64,7 @@ pub struct Running {
 }
 
 fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
+    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     // One listener per worker on the same port: the kernel spreads connections over
@@ -99,11 +97,7 @@ impl Server {
             let poll = mio::Poll::new()?;
             let waker = mio::Waker::new(poll.registry(), worker::WAKER)?;
             let (tx, rx) = channel();
-            links.push(WorkerLink {
-                tx,
-                waker,
-                metrics: Arc::new(WorkerMetrics::default()),
-            });
+            links.push(WorkerLink { tx, waker, metrics: Arc::new(WorkerMetrics::default()) });
             parts.push((poll, mio::net::TcpListener::from_std(l), rx));
             let _ = i;
         }
@@ -115,8 +109,22 @@ impl Server {
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(Default::default()),
             draining: AtomicBool::new(false),
+            extra_metrics: Mutex::new(Vec::new()),
         });
-        Ok(Server { shared, parts })
+        let admin = match shared.cfg.admin_listen {
+            Some(a) => {
+                let l = std::net::TcpListener::bind(a)?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(Server { shared, parts, admin })
+    }
+
+    /// The admin listener's address, when `Config::admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address the server listens on.
@@ -126,9 +134,7 @@ impl Server {
 
     /// A handle to stop the server or publish, usable before and while it runs.
     pub fn handle(&self) -> Handle {
-        Handle {
-            shared: self.shared.clone(),
-        }
+        Handle { shared: self.shared.clone() }
     }
 
     /// Runs the workers on their own threads; `factory(worker_index)` makes each
@@ -140,11 +146,10 @@ impl Server {
     {
         let handle = self.handle();
         let mut threads = Vec::new();
+        let mut admin = self.admin.map(mio::net::TcpListener::from_std);
         for (i, (poll, l, rx)) in self.parts.into_iter().enumerate() {
-            let w = worker::Worker::new(i, poll, l, rx, self.shared.clone(), factory(i))?;
-            let t = std::thread::Builder::new()
-                .name(format!("wsloop-worker-{i}"))
-                .spawn(move || w.run())?;
+            let w = worker::Worker::new(i, poll, l, rx, self.shared.clone(), factory(i), admin.take())?;
+            let t = std::thread::Builder::new().name(format!("wsloop-worker-{i}")).spawn(move || w.run())?;
             threads.push(t);
         }
         Ok(Running { handle, threads })
@@ -209,9 +214,7 @@ impl Handle {
 
     /// A publisher for topics.
     pub fn publisher(&self) -> Publisher {
-        Publisher {
-            shared: self.shared.clone(),
-        }
+        Publisher { shared: self.shared.clone() }
     }
 
     /// Upgraded connections open right now, over all workers.
@@ -221,10 +224,6 @@ impl Handle {
 
     /// Each worker's counters.
     pub fn metrics(&self) -> Vec<Arc<WorkerMetrics>> {
-        self.shared
-            .workers
-            .iter()
-            .map(|w| w.metrics.clone())
-            .collect()
+        self.shared.workers.iter().map(|w| w.metrics.clone()).collect()
     }
 }

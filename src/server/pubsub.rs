@@ -103,20 +103,11 @@ impl Publisher {
 impl Shared {
     /// Hands `frame` to the workers in `mask` except `skip` (the caller's own worker,
     /// which delivers locally).
-    pub(crate) fn send_to_workers(
-        &self,
-        mask: u64,
-        skip: Option<usize>,
-        topic: &str,
-        frame: &Arc<[u8]>,
-    ) {
+    pub(crate) fn send_to_workers(&self, mask: u64, skip: Option<usize>, topic: &str, frame: &Arc<[u8]>) {
         let topic: Arc<str> = Arc::from(topic);
         for (i, w) in self.workers.iter().enumerate() {
             if mask & (1 << i) != 0 && Some(i) != skip {
-                w.send(Cmd::Publish {
-                    topic: topic.clone(),
-                    frame: frame.clone(),
-                });
+                w.send(Cmd::Publish { topic: topic.clone(), frame: frame.clone() });
             }
         }
     }

@@ -48,14 +48,16 @@ pub(crate) struct Shared {
     /// Upgraded connections per client IP (only when `max_conns_per_ip` is set).
     pub per_ip: Mutex<HashMap<IpAddr, u32>>,
     pub draining: AtomicBool,
+    /// More metric families appended to the exposition (e.g. the Redis bridge's).
+    pub extra_metrics: Mutex<Vec<ExtraMetrics>>,
 }
+
+/// Writes extra metric families in Prometheus text format.
+pub(crate) type ExtraMetrics = Box<dyn Fn(&mut String) + Send + Sync>;
 
 impl Shared {
     pub fn topic_mask(&self, topic: &str) -> u64 {
-        self.topics
-            .read()
-            .map(|m| m.get(topic).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.topics.read().map(|m| m.get(topic).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     pub fn set_topic_bit(&self, topic: &str, worker: usize, on: bool) {

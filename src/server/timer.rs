@@ -37,12 +37,7 @@ impl<T: Copy> TimerWheel<T> {
     /// A wheel with `slots` slots (rounded up to a power of two).
     pub fn new(slots: usize) -> Self {
         let n = slots.max(2).next_power_of_two();
-        TimerWheel {
-            slots: vec![NIL; n].into_boxed_slice(),
-            mask: n as u64 - 1,
-            entries: Slab::new(),
-            current: 0,
-        }
+        TimerWheel { slots: vec![NIL; n].into_boxed_slice(), mask: n as u64 - 1, entries: Slab::new(), current: 0 }
     }
 
     /// Timers scheduled.
@@ -63,12 +58,7 @@ impl<T: Copy> TimerWheel<T> {
     /// Schedules `value` to fire at `tick` (a tick already past fires on the next advance).
     pub fn schedule(&mut self, tick: u64, value: T) -> TimerId {
         let deadline = tick.max(self.current);
-        let key = self.entries.insert(Entry {
-            deadline,
-            prev: NIL,
-            next: NIL,
-            value,
-        });
+        let key = self.entries.insert(Entry { deadline, prev: NIL, next: NIL, value });
         self.link(key as u32);
         TimerId(key as u32)
     }
@@ -231,24 +221,16 @@ mod tests {
     #[test]
     fn many_timers_in_one_slot_and_cancel_in_the_middle() {
         let mut w = TimerWheel::new(4);
-        let ids: Vec<TimerId> = (0..1000)
-            .map(|i| w.schedule(2 + 4 * (i % 3) as u64, i))
-            .collect();
+        let ids: Vec<TimerId> = (0..1000).map(|i| w.schedule(2 + 4 * (i % 3) as u64, i)).collect();
         for (i, id) in ids.iter().enumerate() {
             if i % 2 == 1 {
                 assert!(w.cancel(*id));
             }
         }
         let fired = fire(&mut w, 2);
-        assert_eq!(
-            fired.len(),
-            (0..1000).filter(|i| i % 2 == 0 && i % 3 == 0).count()
-        );
+        assert_eq!(fired.len(), (0..1000).filter(|i| i % 2 == 0 && i % 3 == 0).count());
         let fired = fire(&mut w, 20);
-        assert_eq!(
-            fired.len(),
-            (0..1000).filter(|i| i % 2 == 0 && i % 3 != 0).count()
-        );
+        assert_eq!(fired.len(), (0..1000).filter(|i| i % 2 == 0 && i % 3 != 0).count());
         assert!(w.is_empty());
     }
 

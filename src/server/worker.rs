@@ -1,15 +1,15 @@
 //! One worker: a mio event loop that owns its connections, buffers and timers. A thin
 //! driver around the sans-IO core: read into the ring, decode, call the handler, flush.
 
+use super::admin::Admin;
 use super::conn::{flag, Conn, Core, Flushed, Phase};
+use super::ctx::Claims;
 use super::ctx::{Connection, Ctx, TimerEvent};
 use super::handler::{Accept, ConnId, Handler, Message, Reject};
 use super::metrics::{RejectReason, TimeoutKind};
 use super::shared::{Cmd, Shared};
 use crate::proto::frame::OpCode;
-use crate::proto::handshake::{
-    header_storage, parse_request, write_accept, write_error, write_reject, ParseStatus,
-};
+use crate::proto::handshake::{header_storage, parse_request, write_accept, write_error, write_reject, ParseStatus};
 use crate::proto::{CloseCode, Event};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -33,6 +33,7 @@ const ENFILE: i32 = 23;
 
 pub(crate) struct Worker<H: Handler> {
     poll: Poll,
+    admin: Option<Admin>,
     listener: Option<TcpListener>,
     inbox: Receiver<Cmd>,
     conns: Slab<Conn>,
@@ -56,10 +57,15 @@ impl<H: Handler> Worker<H> {
         inbox: Receiver<Cmd>,
         shared: Arc<Shared>,
         handler: H,
+        admin: Option<TcpListener>,
     ) -> io::Result<Self> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let admin = match admin {
+            Some(l) => Some(Admin::new(l, poll.registry())?),
+            None => None,
+        };
         Ok(Worker {
+            admin,
             poll,
             listener: Some(listener),
             inbox,
@@ -92,6 +98,11 @@ impl<H: Handler> Worker<H> {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => self.drain_inbox(),
+                    t if Admin::owns(t) => {
+                        if let Some(a) = self.admin.as_mut() {
+                            a.event(t, self.poll.registry(), &self.ctx.shared);
+                        }
+                    }
                     Token(k) => {
                         let key = k as u32;
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -161,11 +172,7 @@ impl<H: Handler> Worker<H> {
             if self.conns.is_empty() {
                 self.stop = true;
             } else if now >= deadline {
-                log::warn!(
-                    "worker {}: drain timeout, dropping {} connections",
-                    self.ctx.id,
-                    self.conns.len()
-                );
+                log::warn!("worker {}: drain timeout, dropping {} connections", self.ctx.id, self.conns.len());
                 self.stop = true;
             }
         }
@@ -216,11 +223,7 @@ impl<H: Handler> Worker<H> {
         if key >= u32::MAX as usize - 4 {
             return;
         }
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(key), Interest::READABLE)
-        {
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
             log::warn!("register: {e}");
             return;
         }
@@ -326,12 +329,7 @@ impl<H: Handler> Worker<H> {
     }
 
     fn handshake(&mut self, key: u32) {
-        let Worker {
-            conns,
-            ctx,
-            handler,
-            ..
-        } = self;
+        let Worker { conns, ctx, handler, .. } = self;
         let Some(conn) = conns.get_mut(key as usize) else {
             return;
         };
@@ -355,32 +353,45 @@ impl<H: Handler> Worker<H> {
                 data.len()
             }
             Ok(ParseStatus::Complete(req, head_len)) => {
-                if let Err(reason) = ctx.shared.admit(conn.core.ip) {
+                let gate = gate(ctx, &req);
+                if let Err(reject) = gate {
+                    let reason = if reject.status == 403 { RejectReason::Origin } else { RejectReason::Auth };
+                    ctx.metrics.reject(reason);
+                    ctx.metrics.handshake_failed(reject.status);
+                    log::info!("handshake from {} refused: {} {}", conn.core.ip, reject.status, reject.reason);
+                    write_refusal(ctx, &mut conn.core, key, &reject);
+                    data.len()
+                } else if let Err(reason) = ctx.shared.admit(conn.core.ip) {
                     ctx.metrics.reject(reason);
                     ctx.metrics.handshake_failed(503);
                     log::info!("refusing {}: {}", conn.core.ip, reason.label());
                     let mut resp = [0u8; 512];
-                    if let Ok(n) = write_reject(
-                        &mut resp,
-                        503,
-                        "server busy, try again later",
-                        b"Retry-After: 1\r\n",
-                    ) {
+                    if let Ok(n) = write_reject(&mut resp, 503, "server busy, try again later", b"Retry-After: 1\r\n") {
                         conn.core.out.push(&mut ctx.wpool, &resp[..n]);
                     }
                     ctx.enter_closed(&mut conn.core, key);
                     data.len()
                 } else {
-                    let mut c = Connection {
-                        core: &mut conn.core,
-                        ctx: &mut *ctx,
-                        key,
-                    };
+                    ctx.claims = gate.ok().flatten();
+                    let mut c = Connection { core: &mut conn.core, ctx: &mut *ctx, key };
                     let decision = handler.on_open(&mut c, &req);
                     match decision {
                         Ok(accept) => accept_upgrade(ctx, &mut conn.core, key, &req, accept),
                         Err(reject) => refuse(ctx, &mut conn.core, key, reject),
                     }
+                    #[cfg(feature = "jwt")]
+                    if conn.core.phase == Phase::Open && ctx.cfg.close_on_token_expiry {
+                        if let Some(exp) = ctx.claims.as_ref().and_then(|c| c.exp) {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs());
+                            let after = std::time::Duration::from_secs(exp.saturating_sub(now));
+                            let at = ctx.now_tick as u64 + super::ctx::to_ticks(after, ctx.cfg.tick) as u64;
+                            let generation = conn.core.generation;
+                            ctx.wheel.schedule(at, TimerEvent::Expire { key, generation });
+                        }
+                    }
+                    ctx.claims = None;
                     head_len
                 }
             }
@@ -394,20 +405,11 @@ impl<H: Handler> Worker<H> {
     }
 
     fn frames(&mut self, key: u32) {
-        let Worker {
-            conns,
-            ctx,
-            handler,
-            ..
-        } = self;
+        let Worker { conns, ctx, handler, .. } = self;
         let Some(conn) = conns.get_mut(key as usize) else {
             return;
         };
-        let Conn {
-            rbuf,
-            decoder,
-            core,
-        } = conn;
+        let Conn { rbuf, decoder, core } = conn;
         let Some(mut ring) = rbuf.take() else { return };
         let data = ring.make_contiguous();
         let mut pos = 0;
@@ -519,13 +521,7 @@ impl<H: Handler> Worker<H> {
     }
 
     fn flush(&mut self, key: u32) {
-        let Worker {
-            conns,
-            ctx,
-            handler,
-            poll,
-            ..
-        } = self;
+        let Worker { conns, ctx, handler, poll, .. } = self;
         let Some(conn) = conns.get_mut(key as usize) else {
             return;
         };
@@ -558,11 +554,7 @@ impl<H: Handler> Worker<H> {
                 let was_blocked = core.has(flag::WRITE_INTEREST) || core.has(flag::OVER_CAP);
                 if core.has(flag::WRITE_INTEREST) {
                     core.set(flag::WRITE_INTEREST, false);
-                    let _ = poll.registry().reregister(
-                        &mut core.stream,
-                        Token(key as usize),
-                        Interest::READABLE,
-                    );
+                    let _ = poll.registry().reregister(&mut core.stream, Token(key as usize), Interest::READABLE);
                 }
                 core.set(flag::OVER_CAP, false);
                 match core.phase {
@@ -571,8 +563,7 @@ impl<H: Handler> Worker<H> {
                         if was_blocked {
                             handler.on_drain(&mut Connection { core, ctx, key });
                         }
-                        if core.has(flag::READ_PAUSED) && core.out.len() <= ctx.cfg.max_backpressure
-                        {
+                        if core.has(flag::READ_PAUSED) && core.out.len() <= ctx.cfg.max_backpressure {
                             core.set(flag::READ_PAUSED, false);
                             // Bytes may be waiting in the ring or the socket; no new
                             // readiness edge will announce them.
@@ -615,9 +606,7 @@ impl<H: Handler> Worker<H> {
     fn run_timers(&mut self) {
         let now = self.ctx.now_tick as u64;
         let mut expired = std::mem::take(&mut self.expired);
-        self.ctx
-            .wheel
-            .advance(now, MAX_TIMERS_PER_TURN, &mut expired);
+        self.ctx.wheel.advance(now, MAX_TIMERS_PER_TURN, &mut expired);
         for (id, ev) in expired.drain(..) {
             match ev {
                 TimerEvent::Conn { key, generation } => {
@@ -630,31 +619,22 @@ impl<H: Handler> Worker<H> {
                     conn.core.timer = None;
                     self.check_timeouts(key);
                 }
-                TimerEvent::App {
-                    key,
-                    generation,
-                    token,
-                } => {
-                    let Worker {
-                        conns,
-                        ctx,
-                        handler,
-                        ..
-                    } = self;
+                TimerEvent::Expire { key, generation } => {
+                    let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+                    if conn.core.generation == generation && conn.core.phase == Phase::Open {
+                        log::info!("closing {}: token expired", conn.core.ip);
+                        self.ctx.close(&mut conn.core, key, CloseCode::POLICY_VIOLATION, "token expired");
+                    }
+                }
+                TimerEvent::App { key, generation, token } => {
+                    let Worker { conns, ctx, handler, .. } = self;
                     let Some(conn) = conns.get_mut(key as usize) else {
                         continue;
                     };
                     if conn.core.generation != generation || conn.core.phase != Phase::Open {
                         continue;
                     }
-                    handler.on_timer(
-                        &mut Connection {
-                            core: &mut conn.core,
-                            ctx,
-                            key,
-                        },
-                        token,
-                    );
+                    handler.on_timer(&mut Connection { core: &mut conn.core, ctx, key }, token);
                 }
             }
         }
@@ -685,11 +665,7 @@ impl<H: Handler> Worker<H> {
             Phase::Open => {
                 if !core.out.is_empty() && now >= core.tx_since.saturating_add(t.idle) {
                     ctx.metrics.timeout(TimeoutKind::WriteStall);
-                    log::info!(
-                        "closing {}: outgoing buffer did not drain for {:?}",
-                        core.ip,
-                        ctx.cfg.idle_timeout
-                    );
+                    log::info!("closing {}: outgoing buffer did not drain for {:?}", core.ip, ctx.cfg.idle_timeout);
                     self.remove(key, CloseCode::ABNORMAL, "write stall");
                     return;
                 }
@@ -788,12 +764,7 @@ impl<H: Handler> Worker<H> {
             };
             match conn.core.phase {
                 Phase::Handshaking => self.remove(key, CloseCode::ABNORMAL, "server shutting down"),
-                Phase::Open => self.ctx.close(
-                    &mut conn.core,
-                    key,
-                    CloseCode::GOING_AWAY,
-                    "server shutting down",
-                ),
+                Phase::Open => self.ctx.close(&mut conn.core, key, CloseCode::GOING_AWAY, "server shutting down"),
                 _ => {}
             }
         }
@@ -833,11 +804,7 @@ impl<H: Handler> Worker<H> {
         if conn.core.has(flag::OPENED) {
             ctx.metrics.open.sub(1);
             ctx.shared.release(conn.core.ip);
-            let id = ConnId {
-                worker: ctx.id as u16,
-                key,
-                generation: conn.core.generation,
-            };
+            let id = ConnId { worker: ctx.id as u16, key, generation: conn.core.generation };
             self.handler.on_close(id, code, reason);
         }
         // Dropping the stream closes the socket; epoll forgets a closed descriptor.
@@ -862,26 +829,16 @@ fn rate_limited(ctx: &mut Ctx, core: &mut Core, key: u32) -> bool {
     if core.tokens == 0 {
         ctx.metrics.rate_limited.inc();
         log::info!("closing {}: message rate over {rate}/s", core.ip);
-        ctx.close(
-            core,
-            key,
-            CloseCode::POLICY_VIOLATION,
-            "message rate limit exceeded",
-        );
+        ctx.close(core, key, CloseCode::POLICY_VIOLATION, "message rate limit exceeded");
         return true;
     }
     core.tokens -= 1;
     false
 }
 
-fn accept_upgrade(
-    ctx: &mut Ctx,
-    core: &mut Core,
-    key: u32,
-    req: &crate::proto::Request<'_, '_>,
-    accept: Accept<'_>,
-) {
-    let protocol = accept.protocol.filter(|p| req.protocols().any(|o| o == *p));
+fn accept_upgrade(ctx: &mut Ctx, core: &mut Core, key: u32, req: &crate::proto::Request<'_, '_>, accept: Accept<'_>) {
+    // Only a subprotocol the client really offered; never a `bearer.<token>` entry.
+    let protocol = accept.protocol.filter(|p| crate::auth::bearer::client_protocols(req).any(|o| o == *p));
     let mut resp = [0u8; 1024];
     match write_accept(&mut resp, req, protocol, b"") {
         Ok(n) if core.out.push_front(&mut ctx.wpool, &resp[..n]) => {
@@ -894,9 +851,7 @@ fn accept_upgrade(
             core.tokens_tick = ctx.now_tick;
             ctx.metrics.open.add(1);
             ctx.mark_dirty(core, key);
-            let at = ctx
-                .now_tick
-                .saturating_add(ctx.ticks.ping.min(ctx.ticks.idle));
+            let at = ctx.now_tick.saturating_add(ctx.ticks.ping.min(ctx.ticks.idle));
             if let Some(id) = core.timer {
                 ctx.wheel.reschedule(id, at as u64);
             } else {
@@ -913,19 +868,34 @@ fn refuse(ctx: &mut Ctx, core: &mut Core, key: u32, reject: Reject) {
     // Whatever on_open queued must not follow an error response.
     core.out.discard(&mut ctx.wpool);
     ctx.shared.release(core.ip);
-    log::info!(
-        "handshake from {} refused: {} {}",
-        core.ip,
-        reject.status,
-        reject.reason
-    );
+    log::info!("handshake from {} refused: {} {}", core.ip, reject.status, reject.reason);
     ctx.metrics.handshake_failed(reject.status);
-    let reason = match reject.status {
-        401 => RejectReason::Auth,
-        403 => RejectReason::Origin,
-        _ => RejectReason::Application,
-    };
-    ctx.metrics.reject(reason);
+    ctx.metrics.reject(RejectReason::Application);
+    write_refusal(ctx, core, key, &reject);
+}
+
+/// The server's own checks before `on_open`: origin policy (403), then the token (401).
+/// `Ok` carries the verified claims when JWT auth is on.
+fn gate(ctx: &Ctx, req: &crate::proto::Request<'_, '_>) -> Result<Option<Claims>, Reject> {
+    if let Err(e) = ctx.cfg.origin_policy.check(req) {
+        return Err(Reject::new(e.status(), e.reason()));
+    }
+    #[cfg(feature = "jwt")]
+    if let Some(v) = &ctx.cfg.jwt {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        return match v.verify_request(req, now) {
+            Ok(claims) => Ok(Some(claims)),
+            Err(e) => {
+                let line = e.www_authenticate().trim_end().to_string();
+                Err(Reject::new(e.status(), e.reason()).with_header(line))
+            }
+        };
+    }
+    Ok(None)
+}
+
+/// Queues the HTTP error response for `reject` and moves to Closed.
+fn write_refusal(ctx: &mut Ctx, core: &mut Core, key: u32, reject: &Reject) {
     let mut extra = String::new();
     for h in &reject.headers {
         extra.push_str(h);

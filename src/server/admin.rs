@@ -1,0 +1,287 @@
+//! The admin listener: `GET /metrics` (Prometheus text exposition) and `GET /healthz`,
+//! served by worker 0's event loop. Off unless `Config::admin_listen` is set.
+
+use super::metrics::{
+    RejectReason, TimeoutKind, WorkerMetrics, CLOSE_CODES, HANDSHAKE_STATUSES, LATENCY_BUCKETS_US, OPCODES,
+};
+use super::shared::Shared;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+
+/// Tokens from here up belong to the admin listener and its connections.
+pub(crate) const ADMIN_BASE: usize = usize::MAX / 2;
+
+/// Admin requests are tiny; anything longer is refused.
+const MAX_REQUEST: usize = 4096;
+const MAX_ADMIN_CONNS: usize = 64;
+
+struct AdminConn {
+    stream: TcpStream,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    written: usize,
+}
+
+pub(crate) struct Admin {
+    listener: TcpListener,
+    conns: Slab<AdminConn>,
+}
+
+impl Admin {
+    pub fn new(mut listener: TcpListener, registry: &Registry) -> io::Result<Self> {
+        registry.register(&mut listener, Token(ADMIN_BASE), Interest::READABLE)?;
+        Ok(Admin { listener, conns: Slab::new() })
+    }
+
+    pub fn owns(token: Token) -> bool {
+        token.0 >= ADMIN_BASE && token.0 < ADMIN_BASE + 1 + MAX_ADMIN_CONNS * 2
+    }
+
+    pub fn event(&mut self, token: Token, registry: &Registry, shared: &Shared) {
+        if token.0 == ADMIN_BASE {
+            self.accept(registry);
+        } else {
+            self.drive(token.0 - ADMIN_BASE - 1, registry, shared);
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    if self.conns.len() >= MAX_ADMIN_CONNS {
+                        continue; // dropped: closes the socket
+                    }
+                    let entry = self.conns.vacant_entry();
+                    let token = Token(ADMIN_BASE + 1 + entry.key());
+                    if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                        entry.insert(AdminConn { stream, inbuf: Vec::new(), out: Vec::new(), written: 0 });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("admin accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drive(&mut self, key: usize, registry: &Registry, shared: &Shared) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let mut done = false;
+        if c.out.is_empty() {
+            let mut buf = [0u8; 1024];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        done = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        c.inbuf.extend_from_slice(&buf[..n]);
+                        if c.inbuf.len() > MAX_REQUEST {
+                            c.out = response(431, "text/plain", "request too large\n");
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if c.out.is_empty() && !done {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(&c.inbuf) {
+                    Ok(httparse::Status::Complete(_)) => {
+                        c.out = route(req.method.unwrap_or(""), req.path.unwrap_or(""), shared);
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => c.out = response(400, "text/plain", "bad request\n"),
+                }
+            }
+        }
+        if !c.out.is_empty() && !done {
+            loop {
+                match c.stream.write(&c.out[c.written..]) {
+                    Ok(n) => {
+                        c.written += n;
+                        if c.written == c.out.len() {
+                            done = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if done {
+            let mut c = self.conns.remove(key);
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+}
+
+fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
+    let path = path.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => response(200, "text/plain; version=0.0.4; charset=utf-8", &render(shared)),
+        ("GET", "/healthz") => {
+            if shared.draining.load(Ordering::Relaxed) {
+                response(503, "text/plain", "draining\n")
+            } else {
+                response(200, "text/plain", "ok\n")
+            }
+        }
+        ("GET", _) => response(404, "text/plain", "not found\n"),
+        _ => response(405, "text/plain", "method not allowed\n"),
+    }
+}
+
+fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let mut s = String::with_capacity(body.len() + 160);
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        if status == 200 { "OK" } else { crate::proto::handshake::status_text(status) },
+        body.len()
+    );
+    s.into_bytes()
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of a metric family.
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Prometheus text exposition of every worker's counters, summed (per-worker series
+/// where the worker is the point).
+pub fn render(shared: &Shared) -> String {
+    let ws: Vec<&WorkerMetrics> = shared.workers.iter().map(|w| &*w.metrics).collect();
+    let sum = |f: &dyn Fn(&WorkerMetrics) -> u64| ws.iter().map(|m| f(m)).sum::<u64>();
+    let mut o = String::with_capacity(8192);
+    let o = &mut o;
+    let scalar = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+        family(o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    };
+    scalar(o, "wsloop_connections_open", "gauge", "Upgraded WebSocket connections open now.", sum(&|m| m.open.get()));
+    scalar(o, "wsloop_connections_accepted_total", "counter", "TCP connections accepted.", sum(&|m| m.accepted.get()));
+    let n = "wsloop_connections_rejected_total";
+    family(o, n, "counter", "Connections refused, by reason.");
+    for r in RejectReason::ALL {
+        let _ = writeln!(o, "{n}{{reason=\"{}\"}} {}", r.label(), sum(&|m| m.rejected[r as usize].get()));
+    }
+    let n = "wsloop_handshakes_failed_total";
+    family(o, n, "counter", "Failed handshakes, by HTTP status.");
+    for (i, s) in HANDSHAKE_STATUSES.iter().enumerate() {
+        let _ = writeln!(o, "{n}{{status=\"{s}\"}} {}", sum(&|m| m.handshake_failed[i].get()));
+    }
+    scalar(o, "wsloop_messages_received_total", "counter", "Data messages received.", sum(&|m| m.messages_in.get()));
+    scalar(
+        o,
+        "wsloop_messages_sent_total",
+        "counter",
+        "Data messages queued for sending.",
+        sum(&|m| m.messages_out.get()),
+    );
+    scalar(o, "wsloop_bytes_received_total", "counter", "Bytes read from client sockets.", sum(&|m| m.bytes_in.get()));
+    scalar(o, "wsloop_bytes_sent_total", "counter", "Bytes written to client sockets.", sum(&|m| m.bytes_out.get()));
+    let n = "wsloop_frames_received_total";
+    family(o, n, "counter", "Frames received, by opcode (data frames counted per message).");
+    for (i, op) in OPCODES.iter().enumerate() {
+        let _ = writeln!(o, "{n}{{opcode=\"{op}\"}} {}", sum(&|m| m.frames_in[i].get()));
+    }
+    let n = "wsloop_closes_total";
+    family(o, n, "counter", "Connections closed, by close code.");
+    for (i, c) in CLOSE_CODES.iter().enumerate() {
+        let label = if *c == 0 { "other".to_string() } else { c.to_string() };
+        let _ = writeln!(o, "{n}{{code=\"{label}\"}} {}", sum(&|m| m.closes[i].get()));
+    }
+    scalar(
+        o,
+        "wsloop_backpressure_events_total",
+        "counter",
+        "Times a connection went over max_backpressure.",
+        sum(&|m| m.backpressure_events.get()),
+    );
+    scalar(
+        o,
+        "wsloop_backpressure_drops_total",
+        "counter",
+        "Messages dropped for a connection over max_backpressure.",
+        sum(&|m| m.backpressure_drops.get()),
+    );
+    scalar(
+        o,
+        "wsloop_broadcast_drops_total",
+        "counter",
+        "Broadcast messages dropped for slow subscribers.",
+        sum(&|m| m.broadcast_drops.get()),
+    );
+    scalar(
+        o,
+        "wsloop_broadcast_deliveries_total",
+        "counter",
+        "Broadcast messages queued to subscribers.",
+        sum(&|m| m.broadcast_deliveries.get()),
+    );
+    let n = "wsloop_timeouts_total";
+    family(o, n, "counter", "Connections closed by a timeout, by kind.");
+    for k in TimeoutKind::ALL {
+        let _ = writeln!(o, "{n}{{kind=\"{}\"}} {}", k.label(), sum(&|m| m.timeouts[k as usize].get()));
+    }
+    scalar(
+        o,
+        "wsloop_rate_limited_total",
+        "counter",
+        "Connections closed for exceeding max_msg_rate.",
+        sum(&|m| m.rate_limited.get()),
+    );
+    let n = "wsloop_worker_loop_iterations_total";
+    family(o, n, "counter", "Event loop iterations, per worker.");
+    for (i, m) in ws.iter().enumerate() {
+        let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {}", m.loop_iterations.get());
+    }
+    let n = "wsloop_worker_busy_seconds_total";
+    family(o, n, "counter", "Time the event loop spent working, per worker.");
+    for (i, m) in ws.iter().enumerate() {
+        let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {:.6}", m.loop_busy_ns.get() as f64 / 1e9);
+    }
+    let n = "wsloop_message_handling_seconds";
+    family(o, n, "histogram", "Time to decode and handle one message (per read batch, averaged over its messages).");
+    let mut cumulative = 0u64;
+    for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += sum(&|m| m.handle_latency[i].get());
+        let _ = writeln!(o, "{n}_bucket{{le=\"{}\"}} {cumulative}", *b as f64 / 1e6);
+    }
+    cumulative += sum(&|m| m.handle_latency[LATENCY_BUCKETS_US.len()].get());
+    let _ = writeln!(o, "{n}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(o, "{n}_sum {:.9}", sum(&|m| m.handle_latency_sum_ns.get()) as f64 / 1e9);
+    let _ = writeln!(o, "{n}_count {cumulative}");
+    scalar(
+        o,
+        "wsloop_draining",
+        "gauge",
+        "1 while the server shuts down.",
+        shared.draining.load(Ordering::Relaxed) as u64,
+    );
+    for extra in shared.extra_metrics.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        extra(o);
+    }
+    std::mem::take(o)
+}
