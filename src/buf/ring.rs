@@ -9,8 +9,9 @@ use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 #[derive(Debug)]
 pub struct Ring {
     buf: Box<[u8]>,
-    head: usize,
-    len: usize,
+    // u32: a connection holds two rings, and rings are far smaller than 4 GiB.
+    head: u32,
+    len: u32,
 }
 
 impl Ring {
@@ -24,6 +25,16 @@ impl Ring {
         self.buf
     }
 
+    #[inline]
+    fn h(&self) -> usize {
+        self.head as usize
+    }
+
+    #[inline]
+    fn l(&self) -> usize {
+        self.len as usize
+    }
+
     /// Total capacity.
     pub fn capacity(&self) -> usize {
         self.buf.len()
@@ -31,21 +42,21 @@ impl Ring {
 
     /// Bytes stored.
     pub fn len(&self) -> usize {
-        self.len
+        self.l()
     }
 
     /// Nothing stored.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.l() == 0
     }
 
     /// Bytes that can still be stored.
     pub fn free(&self) -> usize {
-        self.buf.len() - self.len
+        self.buf.len() - self.l()
     }
 
     fn tail(&self) -> usize {
-        let t = self.head + self.len;
+        let t = self.h() + self.l();
         if t >= self.buf.len() {
             t - self.buf.len()
         } else {
@@ -56,10 +67,10 @@ impl Ring {
     /// The stored bytes as up to two slices, oldest first.
     pub fn as_slices(&self) -> (&[u8], &[u8]) {
         let cap = self.buf.len();
-        if self.head + self.len <= cap {
-            (&self.buf[self.head..self.head + self.len], &[])
+        if self.h() + self.l() <= cap {
+            (&self.buf[self.h()..self.h() + self.l()], &[])
         } else {
-            (&self.buf[self.head..], &self.buf[..self.head + self.len - cap])
+            (&self.buf[self.h()..], &self.buf[..self.h() + self.l() - cap])
         }
     }
 
@@ -67,37 +78,39 @@ impl Ring {
     fn free_slices_mut(&mut self) -> (&mut [u8], &mut [u8]) {
         let cap = self.buf.len();
         let tail = self.tail();
-        if self.len == cap {
+        let head = self.h();
+        if self.l() == cap {
             return (&mut [], &mut []);
         }
-        if tail >= self.head {
+        if tail >= head {
             let (front, back) = self.buf.split_at_mut(tail);
-            (back, &mut front[..self.head])
+            (back, &mut front[..head])
         } else {
-            (&mut self.buf[tail..self.head], &mut [])
+            (&mut self.buf[tail..head], &mut [])
         }
     }
 
     /// Drops `n` bytes from the front.
     pub fn consume(&mut self, n: usize) {
-        debug_assert!(n <= self.len);
-        let n = n.min(self.len);
-        self.len -= n;
-        if self.len == 0 {
+        debug_assert!(n <= self.l());
+        let n = n.min(self.l());
+        self.len -= n as u32;
+        if self.l() == 0 {
             // Start over at the front so the next fill is one contiguous slice.
             self.head = 0;
         } else {
-            self.head += n;
-            if self.head >= self.buf.len() {
-                self.head -= self.buf.len();
+            let mut head = self.h() + n;
+            if head >= self.buf.len() {
+                head -= self.buf.len();
             }
+            self.head = head as u32;
         }
     }
 
     /// Marks `n` bytes of free space (as returned by the free slices) as filled.
     fn commit(&mut self, n: usize) {
         debug_assert!(n <= self.free());
-        self.len += n;
+        self.len += n as u32;
     }
 
     /// Appends as much of `data` as fits; returns how much did.
@@ -118,12 +131,12 @@ impl Ring {
             return false;
         }
         let cap = self.buf.len();
-        let new_head = (self.head + cap - data.len()) % cap.max(1);
+        let new_head = (self.h() + cap - data.len()) % cap.max(1);
         let first = (cap - new_head).min(data.len());
         self.buf[new_head..new_head + first].copy_from_slice(&data[..first]);
         self.buf[..data.len() - first].copy_from_slice(&data[first..]);
-        self.head = new_head;
-        self.len += data.len();
+        self.head = new_head as u32;
+        self.len += data.len() as u32;
         true
     }
 
@@ -131,16 +144,17 @@ impl Ring {
     /// slice. Free when they already are contiguous, which is the common case (the ring
     /// restarts at 0 whenever it empties).
     pub fn make_contiguous(&mut self) -> &mut [u8] {
-        if self.head + self.len > self.buf.len() {
-            self.buf.rotate_left(self.head);
+        if self.h() + self.l() > self.buf.len() {
+            self.buf.rotate_left(self.h());
             self.head = 0;
-        } else if self.head > 0 && self.free() < self.buf.len() / 4 {
+        } else if self.h() > 0 && self.free() < self.buf.len() / 4 {
             // Contiguous but crowding the end: move it to the front so the next read
             // is not cut short (a few bytes of a partial frame, usually).
-            self.buf.copy_within(self.head..self.head + self.len, 0);
+            self.buf.copy_within(self.h()..self.h() + self.l(), 0);
             self.head = 0;
         }
-        &mut self.buf[self.head..self.head + self.len]
+        let (head, len) = (self.h(), self.l());
+        &mut self.buf[head..head + len]
     }
 
     /// Reads from `src` into the free space (both parts, with one vectored read).
@@ -174,7 +188,7 @@ impl Ring {
             return Ok(0);
         }
         let n = if k == 1 { dst.write(&iov[0])? } else { dst.write_vectored(&iov[..k])? };
-        let from_ring = n.min(self.len);
+        let from_ring = n.min(self.l());
         self.consume(from_ring);
         Ok(n)
     }

@@ -74,9 +74,19 @@ enum Kind {
 enum State {
     Idle,
     /// Header not consumed; `done` payload bytes after it are unmasked and validated.
-    Inline { hdr: FrameHeader, hlen: u8, done: usize },
+    Inline {
+        hdr: FrameHeader,
+        hlen: u8,
+        done: u32,
+    },
     /// Header consumed; `remaining` payload bytes still to come, `offset` already seen.
-    Streaming { mask: Option<[u8; 4]>, fin: bool, remaining: u64, offset: u64 },
+    Streaming {
+        mask: Option<[u8; 4]>,
+        fin: bool,
+        remaining: u64,
+        /// Payload bytes seen so far, modulo 4 (all the mask needs).
+        offset: u8,
+    },
 }
 
 /// The message in progress, once its first data frame header has been accepted.
@@ -96,7 +106,8 @@ pub struct Decoder {
     state: State,
     msg: Option<Msg>,
     utf8: Utf8Validator,
-    assembled: Vec<u8>,
+    /// Boxed so an idle decoder (one per connection) stays small.
+    assembled: Option<Box<Vec<u8>>>,
     /// The last event borrowed `assembled`; empty it on the next call.
     clear_assembled: bool,
 }
@@ -113,7 +124,13 @@ const KEEP_ASSEMBLY_CAPACITY: usize = 64 << 10;
 impl Decoder {
     /// A decoder at the start of a stream.
     pub const fn new() -> Self {
-        Decoder { state: State::Idle, msg: None, utf8: Utf8Validator::new(), assembled: Vec::new(), clear_assembled: false }
+        Decoder {
+            state: State::Idle,
+            msg: None,
+            utf8: Utf8Validator::new(),
+            assembled: None,
+            clear_assembled: false,
+        }
     }
 
     /// Whether the decoder holds part of a message or frame (its buffer is not reusable
@@ -124,7 +141,7 @@ impl Decoder {
 
     /// Bytes held in the assembly buffer (part of a connection's memory).
     pub fn assembled_capacity(&self) -> usize {
-        self.assembled.capacity()
+        self.assembled.as_ref().map_or(0, |v| v.capacity())
     }
 
     /// Decodes from the front of `input`. Returns the bytes consumed and the event, if
@@ -137,15 +154,17 @@ impl Decoder {
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         if self.clear_assembled {
             self.clear_assembled = false;
-            if self.assembled.capacity() > KEEP_ASSEMBLY_CAPACITY {
-                self.assembled = Vec::new();
-            } else {
-                self.assembled.clear();
+            if let Some(v) = self.assembled.as_mut() {
+                if v.capacity() > KEEP_ASSEMBLY_CAPACITY {
+                    self.assembled = None;
+                } else {
+                    v.clear();
+                }
             }
         }
         match self.state {
             State::Idle => self.start_frame(input, cfg),
-            State::Inline { hdr, hlen, done } => self.continue_inline(input, hdr, hlen as usize, done),
+            State::Inline { hdr, hlen, done } => self.continue_inline(input, hdr, hlen as usize, done as usize),
             State::Streaming { mask, fin, remaining, offset } => self.stream(input, mask, fin, remaining, offset),
         }
     }
@@ -168,7 +187,7 @@ impl Decoder {
                     msg.assembled = true;
                 }
                 // Bounded by max_message, checked in accept_data_header.
-                self.assembled.reserve(hdr.payload_len as usize);
+                self.assembly().reserve(hdr.payload_len as usize);
                 self.state = State::Streaming { mask: hdr.mask, fin: hdr.fin, remaining: hdr.payload_len, offset: 0 };
                 let (n, ev) = self.stream_inner(&mut input[hlen..])?;
                 return Ok((hlen + n, ev));
@@ -225,7 +244,7 @@ impl Decoder {
             if !hdr.opcode.is_control() && self.msg.map(|m| m.kind) == Some(Kind::Text) {
                 self.utf8.feed(fresh).map_err(|_| ProtocolError::InvalidUtf8)?;
             }
-            self.state = State::Inline { hdr, hlen: hlen as u8, done: avail };
+            self.state = State::Inline { hdr, hlen: hlen as u8, done: avail as u32 };
         }
         if avail < len {
             return Ok((0, None));
@@ -240,7 +259,7 @@ impl Decoder {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 let msg = self.msg.expect("data frame belongs to a message");
                 if msg.assembled {
-                    self.assembled.extend_from_slice(payload);
+                    self.assembly().extend_from_slice(payload);
                     if !hdr.fin {
                         return Ok((consumed, None));
                     }
@@ -266,7 +285,7 @@ impl Decoder {
         mask: Option<[u8; 4]>,
         fin: bool,
         remaining: u64,
-        offset: u64,
+        offset: u8,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         self.state = State::Streaming { mask, fin, remaining, offset };
         self.stream_inner(input)
@@ -287,10 +306,10 @@ impl Decoder {
         if self.msg.map(|m| m.kind) == Some(Kind::Text) {
             self.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        self.assembled.extend_from_slice(chunk);
+        self.assembly().extend_from_slice(chunk);
         let remaining = remaining - take as u64;
         if remaining > 0 {
-            self.state = State::Streaming { mask, fin, remaining, offset: offset + take as u64 };
+            self.state = State::Streaming { mask, fin, remaining, offset: ((offset as usize + take) & 3) as u8 };
             return Ok((take, None));
         }
         self.state = State::Idle;
@@ -300,15 +319,23 @@ impl Decoder {
         Ok((take, Some(self.finish_assembled()?)))
     }
 
+    fn assembly(&mut self) -> &mut Vec<u8> {
+        self.assembled.get_or_insert_with(Default::default)
+    }
+
+    fn assembled_bytes(&self) -> &[u8] {
+        self.assembled.as_deref().map_or(&[], |v| v.as_slice())
+    }
+
     fn finish_assembled(&mut self) -> Result<Event<'_>, ProtocolError> {
         let msg = self.msg.take().expect("finishing a started message");
         self.clear_assembled = true;
         Ok(match msg.kind {
-            Kind::Binary => Event::Binary(&self.assembled),
+            Kind::Binary => Event::Binary(self.assembled_bytes()),
             Kind::Text => {
                 self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                 // SAFETY: every byte went through the validator, which saw a complete end.
-                Event::Text(unsafe { std::str::from_utf8_unchecked(&self.assembled) })
+                Event::Text(unsafe { std::str::from_utf8_unchecked(self.assembled_bytes()) })
             }
         })
     }

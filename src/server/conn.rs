@@ -417,6 +417,8 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         // An idle connection's footprint is this struct plus its slab slot and timer.
-        assert!(std::mem::size_of::<Conn>() <= 200, "Conn is {} bytes", std::mem::size_of::<Conn>());
+        // Debug builds of mio add a selector id to every socket.
+        let limit = if cfg!(debug_assertions) { 208 } else { 192 };
+        assert!(std::mem::size_of::<Conn>() <= limit, "Conn is {} bytes", std::mem::size_of::<Conn>());
     }
 }
