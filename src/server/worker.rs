@@ -105,8 +105,9 @@ impl<H: Handler> Worker<H> {
                     }
                     Token(k) => {
                         let key = k as u32;
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(key);
+                        let hup = ev.is_read_closed() || ev.is_error();
+                        if ev.is_readable() || hup {
+                            self.read(key, hup);
                         }
                         if ev.is_writable() {
                             self.flush(key);
@@ -240,7 +241,9 @@ impl<H: Handler> Worker<H> {
 
     /// Reads until the socket is drained (a short read means it is: edge-triggered
     /// epoll reports the next arrival as a new event), decoding after each read.
-    fn read(&mut self, key: u32) {
+    /// `to_end`: the peer's FIN or RST came with this event and no new edge will
+    /// announce it, so read on past a short read until the socket says so.
+    fn read(&mut self, key: u32, to_end: bool) {
         loop {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 return;
@@ -268,7 +271,7 @@ impl<H: Handler> Worker<H> {
                     self.ctx.metrics.bytes_in.add(n as u64);
                     conn.core.last_rx = self.ctx.now_tick;
                     self.process(key);
-                    if n < free {
+                    if n < free && !to_end {
                         self.release_rbuf(key);
                         return;
                     }
@@ -298,6 +301,14 @@ impl<H: Handler> Worker<H> {
     }
 
     fn on_eof(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.core.phase == Phase::Closed && !conn.core.out.is_empty() {
+            // The peer's last bytes (a close frame, a bad request) came with its FIN and
+            // were answered in this same read: write the answer before dropping.
+            self.flush(key);
+        }
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -573,7 +584,9 @@ impl<H: Handler> Worker<H> {
                                 self.process(key);
                             }
                             if maybe || pending {
-                                self.read(key);
+                                // The event that found reading paused may have carried
+                                // the peer's FIN: read to the end.
+                                self.read(key, true);
                             }
                         }
                     }
