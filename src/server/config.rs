@@ -40,7 +40,8 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// Capacity of each pooled write ring (default 16 KiB, at least 512).
     pub write_buffer_size: usize,
-    /// Idle rings each worker keeps for reuse (default 1024).
+    /// Idle rings each worker keeps for reuse, per pool (default 64: enough for the
+    /// rings in flight in one loop turn of a busy worker, little when idle).
     pub pool_keep: usize,
     /// Largest HTTP request head (default 8 KiB). Over it: 431.
     pub max_header_bytes: usize,
@@ -94,7 +95,7 @@ impl Default for Config {
             backpressure_policy: BackpressurePolicy::PauseReading,
             read_buffer_size: 16 << 10,
             write_buffer_size: 16 << 10,
-            pool_keep: 1024,
+            pool_keep: 64,
             max_header_bytes: 8 << 10,
             max_headers: 64,
             max_conns: 1_000_000,

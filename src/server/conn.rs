@@ -143,6 +143,19 @@ impl Outbox {
         }
     }
 
+    /// Sends `data` ahead of everything queued: straight to the socket when nothing is
+    /// queued (so no ring is taken for a handshake response), else in front of the queue.
+    /// False if it fits nowhere.
+    pub fn send_first<W: Write>(&mut self, pool: &mut BufPool, sock: &mut W, data: &[u8]) -> bool {
+        if self.len == 0 {
+            // An error here resurfaces on the next flush or read, which drops the socket.
+            let n = write_all_nonblocking(sock, &[data]).unwrap_or(0);
+            self.push(pool, &data[n..]);
+            return true;
+        }
+        self.push_front(pool, data)
+    }
+
     /// Writes until the socket would block or nothing is left. Returns the bytes written
     /// and whether anything remains.
     pub fn flush<W: Write>(&mut self, pool: &mut BufPool, sock: &mut W) -> io::Result<(usize, Flushed)> {

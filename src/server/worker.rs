@@ -854,7 +854,7 @@ fn accept_upgrade(ctx: &mut Ctx, core: &mut Core, key: u32, req: &crate::proto::
     let protocol = accept.protocol.filter(|p| crate::auth::bearer::client_protocols(req).any(|o| o == *p));
     let mut resp = [0u8; 1024];
     match write_accept(&mut resp, req, protocol, b"") {
-        Ok(n) if core.out.push_front(&mut ctx.wpool, &resp[..n]) => {
+        Ok(n) if core.out.send_first(&mut ctx.wpool, &mut core.stream, &resp[..n]) => {
             core.phase = Phase::Open;
             core.set(flag::OPENED, true);
             core.phase_since = ctx.now_tick;
