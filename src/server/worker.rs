@@ -27,6 +27,9 @@ const MAX_ACCEPTS_PER_TURN: usize = 256;
 const MAX_INBOX_PER_TURN: usize = 4096;
 const MAX_TIMERS_PER_TURN: usize = 8192;
 
+/// How often the admin worker, drained itself, checks whether the others are done.
+const ADMIN_DRAIN_POLL: Duration = Duration::from_millis(20);
+
 /// errno values for "too many open files" (process, system).
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
@@ -148,6 +151,10 @@ impl<H: Handler> Worker<H> {
         }
         if let Some(at) = self.drain_deadline {
             min(at.saturating_duration_since(now));
+            if self.conns.is_empty() && self.admin.is_some() {
+                // Only here for the admin listener: look again for the others' progress.
+                min(ADMIN_DRAIN_POLL);
+            }
         }
         t
     }
@@ -170,7 +177,7 @@ impl<H: Handler> Worker<H> {
             }
         }
         if let Some(deadline) = self.drain_deadline {
-            if self.conns.is_empty() {
+            if self.conns.is_empty() && !self.serves_admin_for_others() {
                 self.stop = true;
             } else if now >= deadline {
                 log::warn!("worker {}: drain timeout, dropping {} connections", self.ctx.id, self.conns.len());
@@ -180,6 +187,13 @@ impl<H: Handler> Worker<H> {
         let m = &self.ctx.metrics;
         m.loop_iterations.inc();
         m.loop_busy_ns.add(busy.elapsed().as_nanos() as u64);
+    }
+
+    /// While the server drains, the worker with the admin listener keeps answering
+    /// `/healthz` (503) and `/metrics` until every worker's connections are gone, not
+    /// only its own.
+    fn serves_admin_for_others(&self) -> bool {
+        self.admin.is_some() && self.ctx.shared.open.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     // ---- accepting ---------------------------------------------------------------
@@ -570,8 +584,11 @@ impl<H: Handler> Worker<H> {
                 core.set(flag::OVER_CAP, false);
                 match core.phase {
                     Phase::Closed => self.finish_closed(key),
-                    Phase::Open => {
-                        if was_blocked {
+                    // Closing too: a connection paused for backpressure when the server
+                    // closed it must read again, or the peer's close reply goes unseen
+                    // until close_timeout.
+                    Phase::Open | Phase::Closing => {
+                        if was_blocked && core.phase == Phase::Open {
                             handler.on_drain(&mut Connection { core, ctx, key });
                         }
                         if core.has(flag::READ_PAUSED) && core.out.len() <= ctx.cfg.max_backpressure {
