@@ -4,12 +4,16 @@
 //! - [`server`]: worker threads, each one mio event loop, pooled ring buffers,
 //!   backpressure, timers, topics.
 //! - [`buf`]: the fixed-capacity ring buffers and their pool.
+//! - `redis` (feature `redis`): a Redis pub/sub bridge that links the topics of many
+//!   nodes.
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod auth;
 pub mod buf;
 pub mod proto;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod server;
 
 pub use proto::CloseCode;

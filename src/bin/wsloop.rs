@@ -33,6 +33,11 @@ options:
   --jwt-issuer ISS           required `iss` claim
   --jwt-audience AUD         required `aud` claim
   --admin-listen ADDR        serve GET /metrics and GET /healthz on ADDR (default: off)
+  --redis URL                rooms only: share rooms with other nodes through Redis pub/sub,
+                             e.g. redis://127.0.0.1:6379/ (redis://:password@host:port)
+  --redis-mode MODE          topic (SUBSCRIBE per room with members here; default) | pattern
+                             (one PSUBSCRIBE: every node receives every room's messages)
+  --redis-prefix PREFIX      Redis channel of room R is PREFIX + R (default wsloop:)
   -h, --help                 this text
 
 Logging: RUST_LOG=info (default), debug, ...
@@ -48,6 +53,7 @@ struct Args {
     mode: Mode,
     listen: String,
     cfg: Config,
+    redis: Option<RedisSetup>,
 }
 
 fn parse_secs(flag: &str, v: &str) -> Result<Duration, String> {
@@ -74,6 +80,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut policy = None;
     let mut listen = "127.0.0.1:9001".to_string();
     let mut jwt = JwtFlags::default();
+    let mut redis = RedisFlags::default();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
@@ -113,6 +120,9 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                 let v = value()?;
                 cfg.admin_listen = Some(v.parse().map_err(|_| format!("--admin-listen: not an address: {v}"))?);
             }
+            "--redis" => redis.url = Some(value()?),
+            "--redis-mode" => redis.mode = Some(value()?),
+            "--redis-prefix" => redis.prefix = Some(value()?),
             "--jwt-secret-file" => jwt.secret_file = Some(value()?),
             "--jwt-public-key" => jwt.public_key = Some(value()?),
             "--jwt-alg" => jwt.alg = Some(value()?),
@@ -129,7 +139,70 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         Mode::Echo => BackpressurePolicy::PauseReading,
         Mode::Rooms => BackpressurePolicy::Drop,
     });
-    Ok(Args { mode, listen, cfg })
+    let redis = redis.config(mode, cfg.max_message)?;
+    Ok(Args { mode, listen, cfg, redis })
+}
+
+/// The Redis bridge's settings (`RedisConfig` when built with the `redis` feature).
+#[cfg(feature = "redis")]
+type RedisSetup = wsloop::redis::RedisConfig;
+#[cfg(not(feature = "redis"))]
+type RedisSetup = std::convert::Infallible;
+
+/// The --redis flags, checked together once all are read.
+#[derive(Default)]
+struct RedisFlags {
+    url: Option<String>,
+    mode: Option<String>,
+    prefix: Option<String>,
+}
+
+impl RedisFlags {
+    fn config(self, mode: Mode, max_message: usize) -> Result<Option<RedisSetup>, String> {
+        let Some(url) = self.url else {
+            if self.mode.is_some() || self.prefix.is_some() {
+                return Err("--redis-mode/--redis-prefix need --redis".into());
+            }
+            return Ok(None);
+        };
+        if mode != Mode::Rooms {
+            return Err("--redis: only `rooms` publishes between nodes".into());
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = (url, max_message);
+            Err("--redis: built without redis (cargo feature `redis`)".into())
+        }
+        #[cfg(feature = "redis")]
+        {
+            use wsloop::redis::{RedisConfig, SubscribeMode};
+            let mut c = RedisConfig::from_url(&url).map_err(|e| format!("--redis: {e}"))?;
+            c.mode = match self.mode.as_deref() {
+                None | Some("topic") => SubscribeMode::PerTopic,
+                Some("pattern") => SubscribeMode::Pattern,
+                Some(other) => return Err(format!("--redis-mode: expected topic or pattern, got {other}")),
+            };
+            if let Some(p) = self.prefix {
+                c.prefix = p;
+            }
+            c.max_message = max_message;
+            Ok(Some(c))
+        }
+    }
+}
+
+/// Installs the Redis bridge when --redis was given.
+fn attach_redis(server: Server, redis: Option<RedisSetup>) -> std::io::Result<Server> {
+    let Some(cfg) = redis else {
+        return Ok(server);
+    };
+    #[cfg(feature = "redis")]
+    {
+        let bridge = wsloop::redis::RedisBridge::start(cfg, &server.handle().publisher())?;
+        Ok(server.with_bridge(bridge))
+    }
+    #[cfg(not(feature = "redis"))]
+    match cfg {}
 }
 
 /// The JWT flags, checked together once all are read.
@@ -171,7 +244,9 @@ impl JwtFlags {
             }
             (None, None) => {
                 if self.alg.is_some() || self.issuer.is_some() || self.audience.is_some() {
-                    return Err("--jwt-alg/--jwt-issuer/--jwt-audience need --jwt-secret-file or --jwt-public-key".into());
+                    return Err(
+                        "--jwt-alg/--jwt-issuer/--jwt-audience need --jwt-secret-file or --jwt-public-key".into()
+                    );
                 }
                 return Ok(None);
             }
@@ -240,6 +315,13 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let server = match attach_redis(server, args.redis) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot start the Redis bridge: {e}");
             return ExitCode::from(1);
         }
     };
@@ -318,5 +400,27 @@ mod tests {
         assert!(args("echo --idle-timeout -1").is_err());
         assert!(args("serve").is_err());
         assert_eq!(args("rooms").unwrap().cfg.backpressure_policy, BackpressurePolicy::Drop);
+    }
+
+    #[test]
+    fn redis_flags() {
+        assert!(args("rooms").unwrap().redis.is_none());
+        assert!(args("echo --redis redis://127.0.0.1:6379/").is_err());
+        assert!(args("rooms --redis-mode pattern").is_err());
+        let r = args("rooms --redis redis://127.0.0.1:6379/");
+        #[cfg(feature = "redis")]
+        {
+            let c = r.unwrap().redis.unwrap();
+            assert_eq!((c.host.as_str(), c.port, c.prefix.as_str()), ("127.0.0.1", 6379, "wsloop:"));
+            let c = args("rooms --redis redis://h:1 --redis-mode pattern --redis-prefix x: --max-message 99")
+                .unwrap()
+                .redis
+                .unwrap();
+            assert_eq!((c.mode, c.prefix.as_str(), c.max_message), (wsloop::redis::SubscribeMode::Pattern, "x:", 99));
+            assert!(args("rooms --redis redis://h --redis-mode nope").is_err());
+            assert!(args("rooms --redis rediss://h").is_err());
+        }
+        #[cfg(not(feature = "redis"))]
+        assert!(r.err().unwrap().contains("built without redis"));
     }
 }

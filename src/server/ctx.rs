@@ -293,6 +293,7 @@ impl Ctx {
     }
 
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
+        self.shared.forward(topic, msg);
         let mask = self.shared.topic_mask(topic);
         if mask == 0 {
             return 0;

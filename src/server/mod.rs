@@ -19,6 +19,7 @@
 //! ```
 
 mod admin;
+mod bridge;
 mod config;
 mod conn;
 mod ctx;
@@ -29,10 +30,11 @@ mod shared;
 pub mod timer;
 mod worker;
 
+pub use bridge::Bridge;
 pub use config::{BackpressurePolicy, Config};
 pub use ctx::Connection;
 pub use handler::{Accept, ConnId, Handler, Message, Reject, SendStatus};
-pub use pubsub::Publisher;
+pub use pubsub::{Publisher, WeakPublisher};
 
 use metrics::WorkerMetrics;
 use shared::{Cmd, Shared, WorkerLink};
@@ -41,7 +43,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
 /// A bound, not yet running server.
@@ -110,6 +112,7 @@ impl Server {
             per_ip: Mutex::new(Default::default()),
             draining: AtomicBool::new(false),
             extra_metrics: Mutex::new(Vec::new()),
+            bridge: OnceLock::new(),
         });
         let admin = match shared.cfg.admin_listen {
             Some(a) => {
@@ -120,6 +123,20 @@ impl Server {
             None => None,
         };
         Ok(Server { shared, parts, admin })
+    }
+
+    /// Links this node to others through `bridge` (see [`Bridge`]): it is told of topics
+    /// becoming active or inactive here and of every local publish, and its metrics join
+    /// `/metrics`. One bridge per server; a second call is ignored with a warning.
+    pub fn with_bridge(self, bridge: Arc<dyn Bridge>) -> Server {
+        let metrics = bridge.clone();
+        if self.shared.bridge.set(bridge).is_ok() {
+            let mut extra = self.shared.extra_metrics.lock().unwrap_or_else(|e| e.into_inner());
+            extra.push(Box::new(move |out: &mut String| metrics.write_metrics(out)));
+        } else {
+            log::warn!("Server::with_bridge: a bridge is already installed; ignoring the new one");
+        }
+        self
     }
 
     /// The admin listener's address, when `Config::admin_listen` is set.

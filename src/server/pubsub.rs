@@ -6,7 +6,7 @@ use super::handler::Message;
 use super::shared::{Cmd, Shared};
 use crate::proto::frame::{encode_frame, header_len, OpCode};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Which local connections (slab keys) subscribed to each topic, on one worker.
 #[derive(Debug, Default)]
@@ -86,10 +86,43 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// A [`Publisher`] that does not keep the server alive, for a [`Bridge`](super::Bridge)
+/// (which the server itself holds): [`WeakPublisher::upgrade`] fails once it is gone.
+#[derive(Clone)]
+pub struct WeakPublisher {
+    shared: Weak<Shared>,
+}
+
+impl std::fmt::Debug for WeakPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakPublisher")
+    }
+}
+
+impl WeakPublisher {
+    /// The publisher, while the server still exists.
+    pub fn upgrade(&self) -> Option<Publisher> {
+        self.shared.upgrade().map(|shared| Publisher { shared })
+    }
+}
+
 impl Publisher {
-    /// Sends `msg` to every subscriber of `topic` on every worker; returns the number of
-    /// workers it was handed to. Messages from one publisher on one topic arrive in order.
+    /// A handle that does not keep the server alive.
+    pub fn downgrade(&self) -> WeakPublisher {
+        WeakPublisher { shared: Arc::downgrade(&self.shared) }
+    }
+
+    /// Sends `msg` to every subscriber of `topic` on every worker, and to the other nodes
+    /// through the bridge if one is installed; returns the number of local workers it was
+    /// handed to. Messages from one publisher on one topic arrive in order.
     pub fn publish(&self, topic: &str, msg: Message<'_>) -> usize {
+        self.shared.forward(topic, msg);
+        self.publish_local(topic, msg)
+    }
+
+    /// Sends `msg` to this node's subscribers of `topic` only, never to the bridge: the
+    /// path for messages a [`Bridge`](super::Bridge) brings in from other nodes.
+    pub fn publish_local(&self, topic: &str, msg: Message<'_>) -> usize {
         let mask = self.shared.topic_mask(topic);
         if mask == 0 {
             return 0;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// A message to a worker.
 pub(crate) enum Cmd {
@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     /// More metric families appended to the exposition (e.g. the Redis bridge's).
     pub extra_metrics: Mutex<Vec<ExtraMetrics>>,
+    /// Links this node's topics to other nodes (set once, before the workers start).
+    pub bridge: OnceLock<Arc<dyn super::Bridge>>,
 }
 
 /// Writes extra metric families in Prometheus text format.
@@ -64,6 +66,7 @@ impl Shared {
         let Ok(mut m) = self.topics.write() else {
             return;
         };
+        let was_active = m.contains_key(topic);
         if on {
             *m.entry(topic.into()).or_insert(0) |= 1 << worker;
         } else if let Some(bits) = m.get_mut(topic) {
@@ -71,6 +74,19 @@ impl Shared {
             if *bits == 0 {
                 m.remove(topic);
             }
+        }
+        // Told under the lock, so a bridge sees one topic's transitions in order.
+        if was_active != m.contains_key(topic) {
+            if let Some(b) = self.bridge.get() {
+                b.topic_changed(topic, !was_active);
+            }
+        }
+    }
+
+    /// Hands a local publish to the bridge, if there is one.
+    pub fn forward(&self, topic: &str, msg: super::Message<'_>) {
+        if let Some(b) = self.bridge.get() {
+            b.published(topic, msg);
         }
     }
 

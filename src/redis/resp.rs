@@ -1,0 +1,259 @@
+//! RESP2, the Redis wire protocol, sans-IO: commands are encoded into a caller's buffer,
+//! replies are parsed from a caller's buffer. A reply cut short is
+//! [`Status::Partial`] (nothing is consumed; call again with more bytes), not an error.
+//!
+//! ```text
+//! +OK\r\n                simple string      -ERR msg\r\n   error
+//! :42\r\n                integer            $3\r\nfoo\r\n  bulk string ($-1: null)
+//! *2\r\n<v><v>           array of values (*-1: null)
+//! ```
+
+use std::io::Write as _;
+
+/// One parsed reply; bulk strings and simple strings borrow from the input.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Value<'a> {
+    Simple(&'a [u8]),
+    Error(&'a [u8]),
+    Int(i64),
+    Bulk(Option<&'a [u8]>),
+    Array(Option<Vec<Value<'a>>>),
+}
+
+impl<'a> Value<'a> {
+    /// The bytes of a bulk or simple string.
+    pub fn bytes(&self) -> Option<&'a [u8]> {
+        match *self {
+            Value::Bulk(Some(b)) | Value::Simple(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// The result of a parse that may need more input.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Status<T> {
+    Complete(T),
+    Partial,
+}
+
+/// Why a reply cannot be parsed; the connection is unusable after any of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RespError {
+    /// The first byte of a value is not one of `+-:$*`.
+    BadType(u8),
+    /// A length or integer that is not a decimal number.
+    BadNumber,
+    /// A bulk string not followed by CRLF.
+    BadTerminator,
+    /// A bulk string, line or array longer than the limits allow.
+    TooLong,
+    /// Arrays nested deeper than the limit.
+    TooDeep,
+}
+
+/// Bounds on what a reply may make us buffer or allocate, checked before either.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub max_bulk: usize,
+    pub max_array: usize,
+    pub max_depth: usize,
+}
+
+/// Lines (simple strings, errors, numbers) longer than this are refused.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Parses one reply from the start of `buf`: the value and the bytes it used.
+pub(crate) fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Result<Status<(Value<'a>, usize)>, RespError> {
+    parse_at(buf, 0, limits, 0)
+}
+
+fn parse_at<'a>(
+    buf: &'a [u8],
+    pos: usize,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Status<(Value<'a>, usize)>, RespError> {
+    let Some(&kind) = buf.get(pos) else {
+        return Ok(Status::Partial);
+    };
+    let Some((line, after)) = line(buf, pos + 1)? else {
+        return Ok(Status::Partial);
+    };
+    match kind {
+        b'+' => Ok(Status::Complete((Value::Simple(line), after))),
+        b'-' => Ok(Status::Complete((Value::Error(line), after))),
+        b':' => Ok(Status::Complete((Value::Int(number(line)?), after))),
+        b'$' => {
+            let n = number(line)?;
+            if n < 0 {
+                return Ok(Status::Complete((Value::Bulk(None), after)));
+            }
+            let n = usize::try_from(n).map_err(|_| RespError::TooLong)?;
+            if n > limits.max_bulk {
+                return Err(RespError::TooLong);
+            }
+            let end = after + n;
+            if buf.len() < end + 2 {
+                return Ok(Status::Partial);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(RespError::BadTerminator);
+            }
+            Ok(Status::Complete((Value::Bulk(Some(&buf[after..end])), end + 2)))
+        }
+        b'*' => {
+            let n = number(line)?;
+            if n < 0 {
+                return Ok(Status::Complete((Value::Array(None), after)));
+            }
+            let n = usize::try_from(n).map_err(|_| RespError::TooLong)?;
+            if n > limits.max_array {
+                return Err(RespError::TooLong);
+            }
+            if depth >= limits.max_depth {
+                return Err(RespError::TooDeep);
+            }
+            // Each element takes at least 3 bytes: do not allocate for elements that
+            // have not arrived.
+            if buf.len() - after < n.saturating_mul(3) {
+                return Ok(Status::Partial);
+            }
+            let mut items = Vec::with_capacity(n);
+            let mut at = after;
+            for _ in 0..n {
+                match parse_at(buf, at, limits, depth + 1)? {
+                    Status::Complete((v, next)) => {
+                        items.push(v);
+                        at = next;
+                    }
+                    Status::Partial => return Ok(Status::Partial),
+                }
+            }
+            Ok(Status::Complete((Value::Array(Some(items)), at)))
+        }
+        other => Err(RespError::BadType(other)),
+    }
+}
+
+/// The line starting at `pos` (without CRLF) and the position after its CRLF.
+fn line(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, RespError> {
+    let rest = &buf[pos.min(buf.len())..];
+    match rest.windows(2).position(|w| w == b"\r\n") {
+        Some(i) if i > MAX_LINE => Err(RespError::TooLong),
+        Some(i) => Ok(Some((&rest[..i], pos + i + 2))),
+        None if rest.len() > MAX_LINE => Err(RespError::TooLong),
+        None => Ok(None),
+    }
+}
+
+fn number(line: &[u8]) -> Result<i64, RespError> {
+    let (neg, digits) = match line.split_first() {
+        Some((b'-', d)) => (true, d),
+        _ => (false, line),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(RespError::BadNumber);
+    }
+    let v = digits.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+    Ok(if neg { -v } else { v })
+}
+
+/// Writes the header of a command of `args` arguments.
+pub(crate) fn command(out: &mut Vec<u8>, args: usize) {
+    let _ = write!(out, "*{args}\r\n");
+}
+
+/// Writes one bulk-string argument made of `parts` concatenated.
+pub(crate) fn arg(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let _ = write!(out, "${len}\r\n");
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Bytes [`command`] and [`arg`] add around `args` arguments of `payload` bytes in all.
+pub(crate) fn encoded_len(args: usize, payload: usize) -> usize {
+    // "*N\r\n" and "$len\r\n...\r\n" per argument, with lengths of up to 20 digits.
+    23 + args * 25 + payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits { max_bulk: 1024, max_array: 16, max_depth: 2 };
+
+    fn complete(input: &[u8]) -> (Value<'_>, usize) {
+        match parse(input, &L) {
+            Ok(Status::Complete(v)) => v,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(complete(b"+OK\r\n"), (Value::Simple(b"OK"), 5));
+        assert_eq!(complete(b"-ERR wrong\r\nxx"), (Value::Error(b"ERR wrong"), 12));
+        assert_eq!(complete(b":-12\r\n"), (Value::Int(-12), 6));
+        assert_eq!(complete(b"$3\r\nfoo\r\n"), (Value::Bulk(Some(b"foo")), 9));
+        assert_eq!(complete(b"$0\r\n\r\n"), (Value::Bulk(Some(b"")), 6));
+        assert_eq!(complete(b"$-1\r\n"), (Value::Bulk(None), 5));
+        assert_eq!(complete(b"*-1\r\n"), (Value::Array(None), 5));
+    }
+
+    #[test]
+    fn pubsub_message() {
+        let input = b"*3\r\n$7\r\nmessage\r\n$6\r\nws:a b\r\n$5\r\nhe\r\nl\r\n";
+        let (v, n) = complete(input);
+        assert_eq!(n, input.len());
+        let Value::Array(Some(items)) = v else { panic!() };
+        assert_eq!(items[0].bytes(), Some(&b"message"[..]));
+        assert_eq!(items[1].bytes(), Some(&b"ws:a b"[..]));
+        // Bulk strings are binary-safe: CRLF inside the payload is data.
+        assert_eq!(items[2].bytes(), Some(&b"he\r\nl"[..]));
+    }
+
+    #[test]
+    fn every_prefix_is_partial() {
+        let input = b"*3\r\n$9\r\nsubscribe\r\n$4\r\nws:x\r\n:1\r\n";
+        for cut in 0..input.len() {
+            assert_eq!(parse(&input[..cut], &L), Ok(Status::Partial), "cut at {cut}");
+        }
+        assert_eq!(complete(input).1, input.len());
+    }
+
+    #[test]
+    fn limits_are_checked_before_buffering() {
+        // The length alone is enough to refuse: the body has not arrived.
+        assert_eq!(parse(b"$1025\r\n", &L), Err(RespError::TooLong));
+        assert_eq!(parse(b"*17\r\n", &L), Err(RespError::TooLong));
+        assert_eq!(parse(b"*1\r\n*1\r\n*1\r\n:1\r\n", &L), Err(RespError::TooDeep));
+        assert_eq!(parse(&[b'+'; MAX_LINE + 2], &L), Err(RespError::TooLong));
+        // A huge array header does not allocate for elements that are not there.
+        let big = Limits { max_array: usize::MAX / 8, ..L };
+        assert_eq!(parse(b"*99999999\r\n", &big), Ok(Status::Partial));
+    }
+
+    #[test]
+    fn malformed() {
+        assert_eq!(parse(b"?x\r\n", &L), Err(RespError::BadType(b'?')));
+        assert_eq!(parse(b":1x\r\n", &L), Err(RespError::BadNumber));
+        assert_eq!(parse(b"$\r\n", &L), Err(RespError::BadNumber));
+        assert_eq!(parse(b"$2\r\nabcd", &L), Err(RespError::BadTerminator));
+        assert_eq!(parse(b":9999999999999999999\r\n", &L), Err(RespError::BadNumber));
+    }
+
+    #[test]
+    fn encodes_commands() {
+        let mut out = Vec::new();
+        command(&mut out, 3);
+        arg(&mut out, &[b"PUBLISH"]);
+        arg(&mut out, &[b"ws:", b"room"]);
+        arg(&mut out, &[b"a\r\nb"]);
+        assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$7\r\nws:room\r\n$4\r\na\r\nb\r\n");
+        assert!(out.len() <= encoded_len(3, 7 + 7 + 4));
+    }
+}
