@@ -20,10 +20,13 @@ use tungstenite::{Message, WebSocket};
 const ROOM: &str = "lobby";
 const CHANNEL: &str = "wsloop:lobby";
 
-/// A child process killed (by its own pid) when dropped.
+/// A child process stopped (by its own pid) when dropped.
 struct Proc {
     name: String,
     child: Child,
+    /// Stop with SIGTERM first: nginx's master then ends its workers, which a SIGKILL
+    /// to the master would leave running.
+    graceful: bool,
 }
 
 impl Proc {
@@ -36,10 +39,15 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.into(), child }
+        Proc { name: name.into(), child, graceful: false }
     }
 
     fn kill(&mut self) {
+        if self.graceful && matches!(self.child.try_wait(), Ok(None)) {
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            wait_until(Duration::from_secs(5), || !matches!(self.child.try_wait(), Ok(None)));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -227,6 +235,7 @@ fn start_nginx(bin: &Path, dir: &Path, upstreams: [u16; 2]) -> (Proc, u16) {
     let mut cmd = Command::new(bin);
     cmd.arg("-c").arg(&conf).arg("-p").arg(dir).arg("-e").arg(dir.join("nginx-error.log"));
     let mut p = Proc::spawn("nginx", &mut cmd, &dir.join("nginx.log"));
+    p.graceful = true;
     let up = wait_until(Duration::from_secs(10), || {
         p.assert_running();
         accepts(port)
