@@ -121,10 +121,7 @@ impl<'h, 'b> Request<'h, 'b> {
 
     /// The first value of header `name` (case-insensitive), if present and UTF-8.
     pub fn header(&self, name: &str) -> Option<&'b str> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
     }
 
     /// All header fields in order, as `(name, raw value)`.
@@ -217,9 +214,10 @@ pub fn parse_request<'h, 'b>(
         return Err(HandshakeError::WrongHttpVersion);
     }
     let has_token = |name: &str, token: &str| {
-        headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).any(|h| {
-            h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .any(|h| h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
     };
     if !has_token("upgrade", "websocket") {
         return Err(HandshakeError::NotWebSocketUpgrade);
@@ -259,7 +257,8 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
-/// A small cursor over a caller buffer that fails, writing nothing visible, on overflow.
+/// A small cursor over a caller buffer that counts, rather than writes, what does not
+/// fit. Use it through [`write_all_or_nothing`], which keeps a short buffer untouched.
 struct Writer<'a> {
     out: &'a mut [u8],
     at: usize,
@@ -288,6 +287,19 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// Runs `write` once into nothing to measure it, and again into `out` only when it fits,
+/// so that on `InsufficientSize` not a byte of `out` has changed.
+fn write_all_or_nothing(out: &mut [u8], write: impl Fn(&mut Writer<'_>)) -> Result<usize, InsufficientSize> {
+    let mut probe = Writer::new(&mut []);
+    write(&mut probe);
+    if probe.at > out.len() {
+        return Err(InsufficientSize { required: probe.at });
+    }
+    let mut w = Writer::new(out);
+    write(&mut w);
+    w.finish()
+}
+
 /// Writes the `101 Switching Protocols` response for `req`, with the chosen subprotocol
 /// (it must be one the client offered) and any extra header lines (each ending in CRLF).
 pub fn write_accept(
@@ -296,15 +308,17 @@ pub fn write_accept(
     protocol: Option<&str>,
     extra_headers: &[u8],
 ) -> Result<usize, InsufficientSize> {
-    let mut w = Writer::new(out);
-    w.put(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ")
+    write_all_or_nothing(out, |w| {
+        w.put(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+        )
         .put(&req.accept)
         .put(b"\r\n");
-    if let Some(p) = protocol {
-        w.put(b"Sec-WebSocket-Protocol: ").put(p.as_bytes()).put(b"\r\n");
-    }
-    w.put(extra_headers).put(b"\r\n");
-    w.finish()
+        if let Some(p) = protocol {
+            w.put(b"Sec-WebSocket-Protocol: ").put(p.as_bytes()).put(b"\r\n");
+        }
+        w.put(extra_headers).put(b"\r\n");
+    })
 }
 
 /// The reason phrase for the statuses wsloop sends.
@@ -327,27 +341,27 @@ pub fn status_text(status: u16) -> &'static str {
 /// Writes an error response with a short plain-text body and `Connection: close`.
 /// `extra_headers` are complete header lines (each ending in CRLF).
 pub fn write_reject(out: &mut [u8], status: u16, body: &str, extra_headers: &[u8]) -> Result<usize, InsufficientSize> {
-    let mut num = [0u8; 20];
-    let mut w = Writer::new(out);
-    w.put(b"HTTP/1.1 ")
-        .put(fmt_u64(status as u64, &mut num))
-        .put(b" ")
-        .put(status_text(status).as_bytes())
-        .put(b"\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n");
-    if status == 405 {
-        w.put(b"Allow: GET\r\n");
-    }
-    if status == 426 {
-        w.put(b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
-    }
-    let mut num2 = [0u8; 20];
-    w.put(extra_headers)
-        .put(b"Content-Length: ")
-        .put(fmt_u64(body.len() as u64 + 1, &mut num2))
-        .put(b"\r\n\r\n")
-        .put(body.as_bytes())
-        .put(b"\n");
-    w.finish()
+    write_all_or_nothing(out, |w| {
+        let mut num = [0u8; 20];
+        w.put(b"HTTP/1.1 ")
+            .put(fmt_u64(status as u64, &mut num))
+            .put(b" ")
+            .put(status_text(status).as_bytes())
+            .put(b"\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n");
+        if status == 405 {
+            w.put(b"Allow: GET\r\n");
+        }
+        if status == 426 {
+            w.put(b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
+        }
+        let mut num2 = [0u8; 20];
+        w.put(extra_headers)
+            .put(b"Content-Length: ")
+            .put(fmt_u64(body.len() as u64 + 1, &mut num2))
+            .put(b"\r\n\r\n")
+            .put(body.as_bytes())
+            .put(b"\n");
+    })
 }
 
 /// Writes the response for a refused handshake.
@@ -378,15 +392,16 @@ pub fn write_client_request(
 ) -> Result<(usize, [u8; 24]), InsufficientSize> {
     let mut key = [0u8; 24];
     let _ = B64.encode_slice(nonce, &mut key);
-    let mut w = Writer::new(out);
-    w.put(b"GET ")
-        .put(path.as_bytes())
-        .put(b" HTTP/1.1\r\nHost: ")
-        .put(host.as_bytes())
-        .put(b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ")
-        .put(&key)
-        .put(b"\r\nSec-WebSocket-Version: 13\r\n\r\n");
-    Ok((w.finish()?, key))
+    let n = write_all_or_nothing(out, |w| {
+        w.put(b"GET ")
+            .put(path.as_bytes())
+            .put(b" HTTP/1.1\r\nHost: ")
+            .put(host.as_bytes())
+            .put(b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ")
+            .put(&key)
+            .put(b"\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    })?;
+    Ok((n, key))
 }
 
 /// Why a server's handshake response was not accepted by the client.
@@ -539,6 +554,27 @@ mod tests {
         assert_eq!(body.len(), len);
         let mut tiny = [0u8; 10];
         assert!(write_error(&mut tiny, HandshakeError::BadKey).is_err());
+    }
+
+    // Regression (found by the `handshake` fuzz target): a short buffer got the part of
+    // the response that fitted before `InsufficientSize` was returned.
+    #[test]
+    fn short_buffer_is_left_untouched() {
+        let mut h = header_storage();
+        let ParseStatus::Complete(req, _) =
+            parse_request(GOOD.as_bytes(), &mut h, &HandshakeLimits::default()).unwrap()
+        else {
+            panic!()
+        };
+        let mut out = [0xA5u8; 64];
+        let full = write_accept(&mut [0u8; 512], &req, Some("chat"), b"").unwrap();
+        assert_eq!(write_accept(&mut out, &req, Some("chat"), b""), Err(InsufficientSize { required: full }));
+        assert_eq!(out, [0xA5; 64]);
+        let full = write_error(&mut [0u8; 512], HandshakeError::BadKey).unwrap();
+        assert_eq!(write_error(&mut out, HandshakeError::BadKey), Err(InsufficientSize { required: full }));
+        assert_eq!(out, [0xA5; 64]);
+        assert!(write_client_request(&mut out, "example.com", "/", [0; 16]).is_err());
+        assert_eq!(out, [0xA5; 64]);
     }
 
     #[test]

@@ -1,0 +1,38 @@
+//! Runs every seed in `fuzz/corpus/<target>/` through the same check the fuzz target
+//! runs, so the committed corpus (and every crash added to it) is replayed by plain
+//! `cargo test`, without cargo-fuzz or a nightly toolchain.
+
+use std::fs;
+use std::path::PathBuf;
+use wsloop::proto::fuzzing;
+
+fn replay(target: &str, check: fn(&[u8])) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("readable corpus entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no seeds in {}", dir.display());
+    for path in paths {
+        let data = fs::read(&path).expect("readable seed");
+        let outcome = std::panic::catch_unwind(|| check(&data));
+        assert!(outcome.is_ok(), "seed {} failed", path.display());
+    }
+}
+
+#[test]
+fn handshake_seeds_pass() {
+    replay("handshake", fuzzing::handshake);
+}
+
+#[test]
+fn frame_seeds_pass() {
+    replay("frame", fuzzing::frame);
+}
+
+#[test]
+fn message_seeds_pass() {
+    replay("message", fuzzing::message);
+}
