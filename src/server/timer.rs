@@ -114,18 +114,21 @@ impl<T: Copy> TimerWheel<T> {
     }
 
     /// Ticks from `now` until the earliest slot that holds a timer, scanning at most one
-    /// turn of the wheel; `None` when the wheel is empty.
+    /// turn of the wheel; `None` when the wheel is empty. Zero when a slot at or before
+    /// `now` is still to be processed (`advance` stopped at its limit).
     pub fn ticks_until_next(&self, now: u64) -> Option<u64> {
         if self.entries.is_empty() {
             return None;
         }
-        let from = self.current.max(now);
+        // From `current`, not `now`: ticks before `now` that `advance` has not finished
+        // may still hold due timers.
+        let from = self.current;
         for d in 0..=self.mask {
             if self.slots[((from + d) & self.mask) as usize] != NIL {
-                return Some(from + d - now);
+                return Some((from + d).saturating_sub(now));
             }
         }
-        Some(self.mask + 1)
+        Some((from + self.mask + 1).saturating_sub(now))
     }
 
     fn link(&mut self, key: u32) {
@@ -258,5 +261,24 @@ mod tests {
         w.schedule(100, 2);
         // A slot holding a later turn's timer wakes the loop early, never late.
         assert_eq!(w.ticks_until_next(0), Some(4));
+    }
+
+    /// Regression: when `advance` stopped at its limit on a tick before `now` (the loop
+    /// woke late), the due timers left in that tick's slot were only found a whole turn
+    /// of the wheel later, so the poll timeout slept past them.
+    #[test]
+    fn ticks_until_next_is_zero_while_due_timers_are_left_behind_the_limit() {
+        let mut w = TimerWheel::new(8);
+        for i in 0..10 {
+            w.schedule(5, i);
+        }
+        let mut out = Vec::new();
+        w.advance(7, 3, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(w.ticks_until_next(7), Some(0));
+        out.clear();
+        w.advance(7, usize::MAX, &mut out);
+        assert_eq!(out.len(), 7);
+        assert_eq!(w.ticks_until_next(7), None);
     }
 }

@@ -710,7 +710,8 @@ impl<H: Handler> Worker<H> {
                 // something arrives or idle_timeout closes it.
                 let quiet_since = core.last_rx.max(core.last_ping);
                 let mut ping_due = quiet_since.saturating_add(t.ping);
-                if now >= ping_due {
+                let pinged = now >= ping_due;
+                if pinged {
                     let _ = ctx.send_frame(core, key, OpCode::Ping, b"");
                     core.last_ping = now;
                     ping_due = now.saturating_add(t.ping);
@@ -718,6 +719,15 @@ impl<H: Handler> Worker<H> {
                 let mut next = idle_due.min(ping_due);
                 if !core.out.is_empty() {
                     next = next.min(core.tx_since.saturating_add(t.idle));
+                }
+                if pinged {
+                    ctx.arm(core, key, next);
+                    core.set(flag::DIRTY, false);
+                    // Written now, not with the rest of the turn's output: until it is
+                    // written the ping holds a pooled ring, and the thousands of connections
+                    // pinged in one tick would each take one, most newly allocated.
+                    self.flush(key);
+                    return;
                 }
                 next
             }
