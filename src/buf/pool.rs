@@ -10,12 +10,15 @@ pub struct BufPool {
     free: Vec<Box<[u8]>>,
     max_free: usize,
     lent: usize,
+    /// Most rings lent at once since the last [`BufPool::trim`].
+    peak: usize,
 }
 
 impl BufPool {
-    /// A pool of rings of `size` bytes that keeps at most `max_free` idle ones.
+    /// A pool of rings of `size` bytes. Idle rings are kept while recent use needs them
+    /// and trimmed to `max_free` once it no longer does (see [`BufPool::trim`]).
     pub fn new(size: usize, max_free: usize) -> Self {
-        BufPool { size, free: Vec::new(), max_free, lent: 0 }
+        BufPool { size, free: Vec::new(), max_free, lent: 0, peak: 0 }
     }
 
     /// Capacity of each ring.
@@ -26,16 +29,29 @@ impl BufPool {
     /// An empty ring, from the free list or newly allocated.
     pub fn take(&mut self) -> Ring {
         self.lent += 1;
+        self.peak = self.peak.max(self.lent);
         let storage = self.free.pop().unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice());
         Ring::from_storage(storage)
     }
 
-    /// Returns a ring; its contents are discarded.
+    /// Returns a ring; its contents are discarded. It is kept for reuse: a broadcast
+    /// that lends a ring to each of 1000 subscribers every few milliseconds must not
+    /// free and re-zero 1000 rings each time.
     pub fn give(&mut self, ring: Ring) {
         self.lent = self.lent.saturating_sub(1);
-        if self.free.len() < self.max_free {
-            self.free.push(ring.into_storage());
+        self.free.push(ring.into_storage());
+    }
+
+    /// Frees idle rings beyond what the busiest moment since the last trim needed
+    /// (and at least `max_free`). Call it about once a second: memory follows the load
+    /// down within two calls, and a steady load never reallocates.
+    pub fn trim(&mut self) {
+        let keep = self.max_free.max(self.peak.saturating_sub(self.lent));
+        if self.free.len() > keep {
+            self.free.truncate(keep);
+            self.free.shrink_to(keep.max(self.max_free));
         }
+        self.peak = self.lent;
     }
 
     /// Rings currently lent out.
@@ -65,7 +81,11 @@ mod tests {
         assert_eq!(p.lent(), 2);
         p.give(b);
         p.give(c);
-        assert_eq!(p.idle(), 1);
+        assert_eq!(p.idle(), 2, "kept while recent use needed two");
+        p.trim();
+        assert_eq!(p.idle(), 2, "the peak since the last trim was two");
+        p.trim();
+        assert_eq!(p.idle(), 1, "trimmed to max_free once the load is gone");
         let _ = ptr;
     }
 }

@@ -115,6 +115,13 @@ impl Ring {
 
     /// Appends as much of `data` as fits; returns how much did.
     pub fn push(&mut self, data: &[u8]) -> usize {
+        let end = self.h() + self.l();
+        if end + data.len() <= self.buf.len() {
+            // No wrap: one copy at the tail.
+            self.buf[end..end + data.len()].copy_from_slice(data);
+            self.len += data.len() as u32;
+            return data.len();
+        }
         let (a, b) = self.free_slices_mut();
         let n1 = a.len().min(data.len());
         a[..n1].copy_from_slice(&data[..n1]);
@@ -257,7 +264,7 @@ mod tests {
                 r.push(&[0; 8][..head]);
                 r.consume(head);
                 let data: Vec<u8> = (0..len as u8).collect();
-                assert_eq!(r.push(&data), len.min(8 - 0));
+                assert_eq!(r.push(&data), len.min(8));
                 assert_eq!(r.make_contiguous(), &data[..]);
             }
         }

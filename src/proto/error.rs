@@ -44,8 +44,15 @@ impl ProtocolError {
     pub fn close_code(self) -> CloseCode {
         use ProtocolError::*;
         match self {
-            MaskMismatch | ReservedBits | UnknownOpcode(_) | FragmentedControl | ControlTooLong
-            | LengthTopBit | UnexpectedContinuation | ExpectedContinuation | CloseTooShort
+            MaskMismatch
+            | ReservedBits
+            | UnknownOpcode(_)
+            | FragmentedControl
+            | ControlTooLong
+            | LengthTopBit
+            | UnexpectedContinuation
+            | ExpectedContinuation
+            | CloseTooShort
             | InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
             CloseReasonNotUtf8 | InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
             MessageTooBig | TooManyFragments => CloseCode::MESSAGE_TOO_BIG,

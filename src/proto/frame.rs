@@ -387,9 +387,7 @@ mod tests {
                 let n = encode_frame(&mut out, true, OpCode::Binary, &payload, mask).unwrap();
                 assert_eq!(n, header_len(len as u64, mask.is_some()) + len);
                 let role = if mask.is_some() { Role::Server } else { Role::Client };
-                let Parsed::Complete(h, hl) = FrameHeader::parse(&out[..n], role, 0).unwrap() else {
-                    panic!()
-                };
+                let Parsed::Complete(h, hl) = FrameHeader::parse(&out[..n], role, 0).unwrap() else { panic!() };
                 assert_eq!(h.payload_len, len as u64);
                 let body = &mut out[hl..n];
                 if let Some(k) = h.mask {
@@ -403,10 +401,7 @@ mod tests {
     #[test]
     fn encode_reports_required_size_and_writes_nothing() {
         let mut out = [0xEEu8; 4];
-        assert_eq!(
-            encode_frame(&mut out, true, OpCode::Text, b"hello", None),
-            Err(InsufficientSize { required: 7 })
-        );
+        assert_eq!(encode_frame(&mut out, true, OpCode::Text, b"hello", None), Err(InsufficientSize { required: 7 }));
         assert_eq!(out, [0xEE; 4]);
     }
 

@@ -6,8 +6,7 @@
 /// that arrives in pieces be unmasked piece by piece.
 #[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    let mut key = key;
-    key.rotate_left(offset & 3);
+    let key = rotate_for(key, offset);
     // Head: bytes before the first 8-byte boundary, then the bulk as u64 words (the
     // compiler vectorises the loop), then the tail.
     // SAFETY: `align_to_mut` with u8 -> u64 is sound for any bytes: every bit pattern is
@@ -22,10 +21,11 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     apply_bytes(tail, key);
 }
 
+/// The key as seen `consumed` bytes later: rotated left by `consumed % 4` bytes, done as
+/// one integer rotation (slice rotation is a generic, much slower routine).
 #[inline]
-fn rotate_for(mut key: [u8; 4], consumed: usize) -> [u8; 4] {
-    key.rotate_left(consumed & 3);
-    key
+fn rotate_for(key: [u8; 4], consumed: usize) -> [u8; 4] {
+    u32::from_le_bytes(key).rotate_right(8 * (consumed & 3) as u32).to_le_bytes()
 }
 
 #[inline]

@@ -106,7 +106,8 @@ pub struct Decoder {
     state: State,
     msg: Option<Msg>,
     utf8: Utf8Validator,
-    /// Boxed so an idle decoder (one per connection) stays small.
+    /// Boxed so an idle decoder (one per connection) stays small: 8 bytes instead of 24.
+    #[allow(clippy::box_collection)]
     assembled: Option<Box<Vec<u8>>>,
     /// The last event borrowed `assembled`; empty it on the next call.
     clear_assembled: bool,
@@ -124,13 +125,7 @@ const KEEP_ASSEMBLY_CAPACITY: usize = 64 << 10;
 impl Decoder {
     /// A decoder at the start of a stream.
     pub const fn new() -> Self {
-        Decoder {
-            state: State::Idle,
-            msg: None,
-            utf8: Utf8Validator::new(),
-            assembled: None,
-            clear_assembled: false,
-        }
+        Decoder { state: State::Idle, msg: None, utf8: Utf8Validator::new(), assembled: None, clear_assembled: false }
     }
 
     /// Whether the decoder holds part of a message or frame (its buffer is not reusable
@@ -178,6 +173,28 @@ impl Decoder {
             Parsed::Complete(h, n) => (h, n),
             Parsed::NeedMore => return Ok((0, None)),
         };
+        // Fast path, the steady state of a busy server: a whole single-frame message
+        // already in the buffer. Same checks as the general path, no state kept.
+        let total = hlen + hdr.payload_len as usize;
+        if hdr.fin
+            && self.msg.is_none()
+            && matches!(hdr.opcode, OpCode::Text | OpCode::Binary)
+            && total <= input.len()
+            && total <= cfg.inline_limit.max(MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD)
+            && hdr.payload_len as usize <= cfg.max_message
+        {
+            let payload = &mut input[hlen..total];
+            if let Some(key) = hdr.mask {
+                apply_mask(payload, key, 0);
+            }
+            let payload = &input[hlen..total];
+            let event = if hdr.opcode == OpCode::Text {
+                Event::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?)
+            } else {
+                Event::Binary(payload)
+            };
+            return Ok((total, Some(event)));
+        }
         if !hdr.opcode.is_control() {
             self.accept_data_header(&hdr, cfg)?;
             let total = hlen as u64 + hdr.payload_len;

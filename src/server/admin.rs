@@ -263,7 +263,7 @@ pub fn render(shared: &Shared) -> String {
         let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {:.6}", m.loop_busy_ns.get() as f64 / 1e9);
     }
     let n = "wsloop_message_handling_seconds";
-    family(o, n, "histogram", "Time to decode and handle one message (per read batch, averaged over its messages).");
+    family(o, n, "histogram", "Time to decode and handle one message (per read batch, averaged over its messages; batches of one loop turn in 16 are sampled).");
     let mut cumulative = 0u64;
     for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
         cumulative += sum(&|m| m.handle_latency[i].get());
