@@ -147,6 +147,7 @@ impl Decoder {
         input: &'a mut [u8],
         cfg: &DecoderConfig,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        debug_assert!(cfg.inline_limit >= MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD, "inline_limit below a control frame");
         if self.clear_assembled {
             self.clear_assembled = false;
             if let Some(v) = self.assembled.as_mut() {
@@ -204,7 +205,9 @@ impl Decoder {
                     msg.assembled = true;
                 }
                 // Bounded by max_message, checked in accept_data_header.
-                self.assembly().reserve(hdr.payload_len as usize);
+                // Reserve what is likely to arrive soon, not what the header claims: a
+                // 14-byte header must not make every connection allocate max_message.
+                self.assembly().reserve((hdr.payload_len as usize).min(KEEP_ASSEMBLY_CAPACITY));
                 self.state = State::Streaming { mask: hdr.mask, fin: hdr.fin, remaining: hdr.payload_len, offset: 0 };
                 let (n, ev) = self.stream_inner(&mut input[hlen..])?;
                 return Ok((hlen + n, ev));

@@ -132,15 +132,30 @@ impl Outbox {
     }
 
     /// Puts bytes in front of everything queued (the 101 response written after
-    /// `on_open` already queued messages). False if the ring has no room for them.
+    /// `on_open` already queued messages). Always succeeds; returns true.
     pub fn push_front(&mut self, pool: &mut BufPool, data: &[u8]) -> bool {
         let ring = self.ring.get_or_insert_with(|| pool.take());
         if ring.push_front(data) {
             self.len += data.len();
-            true
-        } else {
-            false
+            return true;
         }
+        // Rare (on_open queued more than a ring's free space): re-queue everything
+        // behind `data`, at the cost of one temporary copy.
+        let mut rest = Vec::with_capacity(self.len);
+        if let Some(r) = &self.ring {
+            let (a, b) = r.as_slices();
+            rest.extend_from_slice(a);
+            rest.extend_from_slice(b);
+        }
+        if let Some(of) = &self.overflow {
+            for (i, c) in of.chunks.iter().enumerate() {
+                rest.extend_from_slice(if i == 0 { &c[of.front_off..] } else { c });
+            }
+        }
+        self.discard(pool);
+        self.push(pool, data);
+        self.push(pool, &rest);
+        true
     }
 
     /// Sends `data` ahead of everything queued: straight to the socket when nothing is
@@ -452,6 +467,20 @@ mod tests {
         out.flush(&mut pool, &mut sink).unwrap();
         assert_eq!(sink.data.len(), 4004);
         assert_eq!(&sink.data[4..], &msg[..]);
+    }
+
+    #[test]
+    fn push_front_ahead_of_more_than_a_ring() {
+        let mut pool = BufPool::new(512, 4);
+        let mut out = Outbox::default();
+        let body = vec![7u8; 2000];
+        out.push(&mut pool, &body);
+        assert!(out.push_front(&mut pool, b"HTTP/1.1 101\r\n\r\n"));
+        let mut sink = Sink { data: Vec::new(), budget: usize::MAX };
+        out.flush(&mut pool, &mut sink).unwrap();
+        let head = b"HTTP/1.1 101\r\n\r\n";
+        assert_eq!(&sink.data[..head.len()], head);
+        assert_eq!(&sink.data[head.len()..], &body[..]);
     }
 
     #[test]

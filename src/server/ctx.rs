@@ -400,7 +400,8 @@ impl Connection<'_> {
     /// Calls `Handler::on_timer(token)` for this connection after `after` (rounded up to
     /// the tick). Dropped silently if the connection is gone by then.
     pub fn schedule(&mut self, after: Duration, token: u64) {
-        let at = self.ctx.now_tick as u64 + to_ticks(after, self.ctx.cfg.tick) as u64;
+        // +1: `now_tick` began up to a tick ago, and a timer must never fire early.
+        let at = self.ctx.now_tick as u64 + to_ticks(after, self.ctx.cfg.tick) as u64 + 1;
         self.ctx.wheel.schedule(at, TimerEvent::App { key: self.key, generation: self.core.generation, token });
     }
 }
