@@ -21,7 +21,9 @@ pub(crate) enum TimerEvent {
     /// Re-check the connection's timeouts (one per connection, re-armed lazily).
     Conn { key: u32, generation: u32 },
     /// An application timer.
-    App { key: u32, generation: u32, token: u64 },
+    /// `slot` indexes `Ctx::app_tokens`: keeping the u64 token out of the wheel entry
+    /// keeps every entry (one per connection) at 32 bytes.
+    App { key: u32, generation: u32, slot: u32 },
     /// The connection's token expires: close it with 1008.
     #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
     Expire { key: u32, generation: u32 },
@@ -59,6 +61,8 @@ pub(crate) struct Ctx {
     pub local_pubs: Vec<(Arc<str>, Arc<[u8]>)>,
     /// The verified token of the connection in `on_open`.
     pub claims: Option<Claims>,
+    /// Tokens of pending application timers.
+    pub app_tokens: slab::Slab<u64>,
 }
 
 /// Verified JWT claims (with the `jwt` feature).
@@ -101,6 +105,7 @@ impl Ctx {
             topics: LocalTopics::default(),
             local_pubs: Vec::new(),
             claims: None,
+            app_tokens: slab::Slab::new(),
             cfg,
             shared,
         }
@@ -402,6 +407,16 @@ impl Connection<'_> {
     pub fn schedule(&mut self, after: Duration, token: u64) {
         // +1: `now_tick` began up to a tick ago, and a timer must never fire early.
         let at = self.ctx.now_tick as u64 + to_ticks(after, self.ctx.cfg.tick) as u64 + 1;
-        self.ctx.wheel.schedule(at, TimerEvent::App { key: self.key, generation: self.core.generation, token });
+        let slot = self.ctx.app_tokens.insert(token) as u32;
+        self.ctx.wheel.schedule(at, TimerEvent::App { key: self.key, generation: self.core.generation, slot });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timer_event_stays_small() {
+        // One wheel entry per connection: 8 (deadline) + 8 (links) + this.
+        assert!(std::mem::size_of::<super::TimerEvent>() <= 16);
     }
 }

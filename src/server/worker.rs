@@ -678,8 +678,9 @@ impl<H: Handler> Worker<H> {
                         self.ctx.close(&mut conn.core, key, CloseCode::POLICY_VIOLATION, "token expired");
                     }
                 }
-                TimerEvent::App { key, generation, token } => {
+                TimerEvent::App { key, generation, slot } => {
                     let Worker { conns, ctx, handler, .. } = self;
+                    let token = ctx.app_tokens.remove(slot as usize);
                     let Some(conn) = conns.get_mut(key as usize) else {
                         continue;
                     };
