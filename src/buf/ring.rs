@@ -131,6 +131,21 @@ impl Ring {
         n1 + n2
     }
 
+    /// Appends `a` then `b` when both fit at the tail without wrapping; false (nothing
+    /// written) otherwise. The hot path of queueing a frame: header and payload.
+    #[inline]
+    pub fn push_pair(&mut self, a: &[u8], b: &[u8]) -> bool {
+        let end = self.h() + self.l();
+        let n = a.len() + b.len();
+        if end + n > self.buf.len() {
+            return false;
+        }
+        self.buf[end..end + a.len()].copy_from_slice(a);
+        self.buf[end + a.len()..end + n].copy_from_slice(b);
+        self.len += n as u32;
+        true
+    }
+
     /// Puts `data` in front of the stored bytes; false (and nothing changed) if it does
     /// not fit.
     pub fn push_front(&mut self, data: &[u8]) -> bool {
@@ -150,7 +165,12 @@ impl Ring {
     /// Rotates the stored bytes to start at offset 0 and returns them as one mutable
     /// slice. Free when they already are contiguous, which is the common case (the ring
     /// restarts at 0 whenever it empties).
+    #[inline]
     pub fn make_contiguous(&mut self) -> &mut [u8] {
+        if self.head == 0 {
+            let len = self.l();
+            return &mut self.buf[..len];
+        }
         if self.h() + self.l() > self.buf.len() {
             self.buf.rotate_left(self.h());
             self.head = 0;

@@ -128,8 +128,14 @@ impl Decoder {
         Decoder { state: State::Idle, msg: None, utf8: Utf8Validator::new(), assembled: None, clear_assembled: false }
     }
 
-    /// Whether the decoder holds part of a message or frame (its buffer is not reusable
-    /// for another connection's bytes).
+    /// Nothing pending at all: a call with empty input would do nothing.
+    #[inline]
+    pub fn is_idle(&self) -> bool {
+        !self.clear_assembled && self.msg.is_none() && matches!(self.state, State::Idle)
+    }
+
+    /// Whether the decoder holds part of a message or frame (see [`Decoder::is_idle`]).
+    #[inline]
     pub fn is_mid_message(&self) -> bool {
         self.msg.is_some() || !matches!(self.state, State::Idle)
     }

@@ -96,6 +96,14 @@ impl Outbox {
             written = write_all_nonblocking(sock, &[&hbuf[..hl], payload])?;
         }
         let total = hl + payload.len();
+        if written == 0 && self.overflow.is_none() {
+            // Common case: header and payload go into the ring's tail together.
+            let ring = self.ring.get_or_insert_with(|| pool.take());
+            if ring.push_pair(&hbuf[..hl], payload) {
+                self.len += total;
+                return Ok(total);
+            }
+        }
         if written < hl {
             self.push(pool, &hbuf[written..hl]);
             self.push(pool, payload);

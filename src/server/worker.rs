@@ -466,6 +466,10 @@ impl<H: Handler> Worker<H> {
             if core.has(flag::READ_PAUSED) {
                 break;
             }
+            if pos == data.len() && decoder.is_idle() {
+                // Everything consumed and no frame pending: nothing more to decode.
+                break;
+            }
             let (n, ev) = match decoder.decode(&mut data[pos..], &ctx.dec) {
                 Ok(r) => r,
                 Err(e) => {
