@@ -176,6 +176,30 @@ impl Decoder {
         input: &'a mut [u8],
         cfg: &DecoderConfig,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        // Fastest path, the small message of a chat or telemetry client: masked, final,
+        // unfragmented text or binary with a 7-bit length, wholly in the buffer. The
+        // same rules as the general path hold (FIN set, RSV clear, known opcode, masked,
+        // within max_message; 131 bytes always fit the inline limit).
+        if cfg.role == Role::Server && self.msg.is_none() && input.len() >= 6 {
+            let (b0, b1) = (input[0], input[1]);
+            let len = (b1 & 0x7f) as usize;
+            if (b0 == 0x81 || b0 == 0x82)
+                && b1 & 0x80 != 0
+                && len < 126
+                && input.len() >= 6 + len
+                && len <= cfg.max_message
+            {
+                let key = [input[2], input[3], input[4], input[5]];
+                apply_mask(&mut input[6..6 + len], key, 0);
+                let payload = &input[6..6 + len];
+                let event = if b0 == 0x81 {
+                    Event::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?)
+                } else {
+                    Event::Binary(payload)
+                };
+                return Ok((6 + len, Some(event)));
+            }
+        }
         let (hdr, hlen) = match FrameHeader::parse(input, cfg.role, 0)? {
             Parsed::Complete(h, n) => (h, n),
             Parsed::NeedMore => return Ok((0, None)),

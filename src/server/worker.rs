@@ -879,6 +879,7 @@ impl<H: Handler> Worker<H> {
 }
 
 /// Token bucket check for one incoming message; closes with 1008 when empty.
+#[inline]
 fn rate_limited(ctx: &mut Ctx, core: &mut Core, key: u32) -> bool {
     let Some(rate) = ctx.cfg.max_msg_rate else {
         return false;
