@@ -4,11 +4,14 @@
 //! metrics join `/metrics`. With the `redis` feature: a bridge whose Redis is unreachable
 //! never blocks a publisher and counts what it drops.
 
+mod common;
+
+use common::wait_until;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wsloop::server::{Accept, Bridge, Config, Connection, Handler, Message, Reject, Server};
+use wsloop::server::{Bridge, Config, Message, Rooms, Server};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
@@ -38,38 +41,6 @@ impl Bridge for Recorder {
     fn write_metrics(&self, out: &mut String) {
         out.push_str("# HELP test_bridge_up A test bridge.\n# TYPE test_bridge_up gauge\ntest_bridge_up 1\n");
     }
-}
-
-/// Path /<room> joins the room; messages are published to it.
-#[derive(Clone)]
-struct Rooms;
-
-impl Handler for Rooms {
-    fn on_open<'r>(
-        &mut self,
-        conn: &mut Connection<'_>,
-        req: &wsloop::proto::Request<'_, 'r>,
-    ) -> Result<Accept<'r>, Reject> {
-        conn.subscribe(req.path().trim_start_matches('/'));
-        Ok(Default::default())
-    }
-
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
-        if let Some(room) = conn.topics().first().cloned() {
-            conn.publish(&room, msg);
-        }
-    }
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
 }
 
 type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;

@@ -12,34 +12,12 @@ use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tungstenite::{Message as WsMessage, WebSocket};
 use wsloop::server::metrics::WorkerMetrics;
-use wsloop::server::{BackpressurePolicy, Config, Connection, Handler, Message};
+use wsloop::server::{BackpressurePolicy, Config, Rooms};
 
 /// The longest any single blocking read or write in these tests may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Ws = WebSocket<TcpStream>;
-
-/// Behaves as `wsloop rooms` (src/bin/wsloop.rs, a binary, so not importable): path
-/// `/<room>` joins the room; every data message is published to it, sender included.
-struct Rooms;
-
-impl Handler for Rooms {
-    fn on_open<'r>(
-        &mut self,
-        conn: &mut Connection<'_>,
-        req: &wsloop::proto::Request<'_, 'r>,
-    ) -> Result<wsloop::server::Accept<'r>, wsloop::server::Reject> {
-        let path = req.path();
-        conn.subscribe(path.strip_prefix('/').unwrap_or(path));
-        Ok(Default::default())
-    }
-
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
-        if let Some(room) = conn.topics().first().cloned() {
-            conn.publish(&room, msg);
-        }
-    }
-}
 
 /// The tests here measure delivery times or run 150 clients; one at a time keeps them
 /// from skewing each other on a 2-core machine.

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 use wsloop::auth::{Alg, JwtVerifier, OriginPolicy};
-use wsloop::server::{BackpressurePolicy, Config, Connection, Handler, Message, Server};
+use wsloop::server::{BackpressurePolicy, Config, Echo, Rooms, Server};
 
 const USAGE: &str = "\
 usage: wsloop <echo|rooms> [options]
@@ -260,41 +260,6 @@ impl JwtFlags {
         }
         Ok(Some(v))
     }
-}
-
-struct Echo;
-
-impl Handler for Echo {
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
-        // Pause-reading backpressure keeps the queue bounded; nothing to do on the status.
-        let _ = conn.send(msg);
-    }
-}
-
-/// A room per path: join on open, publish every message to the room, sender included.
-struct Rooms;
-
-impl Handler for Rooms {
-    fn on_open<'r>(
-        &mut self,
-        conn: &mut Connection<'_>,
-        req: &wsloop::proto::Request<'_, 'r>,
-    ) -> Result<wsloop::server::Accept<'r>, wsloop::server::Reject> {
-        conn.subscribe(room_of(req.path()));
-        Ok(Default::default())
-    }
-
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
-        // The connection knows its one room: the first (only) topic it joined.
-        if let Some(room) = conn.topics().first().cloned() {
-            conn.publish(&room, msg);
-        }
-    }
-}
-
-/// Path `/<room>` is room `<room>`; `/` is the room "".
-fn room_of(path: &str) -> &str {
-    path.strip_prefix('/').unwrap_or(path)
 }
 
 fn main() -> ExitCode {

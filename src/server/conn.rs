@@ -140,12 +140,12 @@ impl Outbox {
     }
 
     /// Puts bytes in front of everything queued (the 101 response written after
-    /// `on_open` already queued messages). Always succeeds; returns true.
-    pub fn push_front(&mut self, pool: &mut BufPool, data: &[u8]) -> bool {
+    /// `on_open` already queued messages).
+    pub fn push_front(&mut self, pool: &mut BufPool, data: &[u8]) {
         let ring = self.ring.get_or_insert_with(|| pool.take());
         if ring.push_front(data) {
             self.len += data.len();
-            return true;
+            return;
         }
         // Rare (on_open queued more than a ring's free space): re-queue everything
         // behind `data`, at the cost of one temporary copy.
@@ -163,20 +163,18 @@ impl Outbox {
         self.discard(pool);
         self.push(pool, data);
         self.push(pool, &rest);
-        true
     }
 
     /// Sends `data` ahead of everything queued: straight to the socket when nothing is
     /// queued (so no ring is taken for a handshake response), else in front of the queue.
-    /// False if it fits nowhere.
-    pub fn send_first<W: Write>(&mut self, pool: &mut BufPool, sock: &mut W, data: &[u8]) -> bool {
+    pub fn send_first<W: Write>(&mut self, pool: &mut BufPool, sock: &mut W, data: &[u8]) {
         if self.len == 0 {
             // An error here resurfaces on the next flush or read, which drops the socket.
             let n = write_all_nonblocking(sock, &[data]).unwrap_or(0);
             self.push(pool, &data[n..]);
-            return true;
+        } else {
+            self.push_front(pool, data);
         }
-        self.push_front(pool, data)
     }
 
     /// Writes until the socket would block or nothing is left. Returns the bytes written
@@ -483,7 +481,7 @@ mod tests {
         let mut out = Outbox::default();
         let body = vec![7u8; 2000];
         out.push(&mut pool, &body);
-        assert!(out.push_front(&mut pool, b"HTTP/1.1 101\r\n\r\n"));
+        out.push_front(&mut pool, b"HTTP/1.1 101\r\n\r\n");
         let mut sink = Sink { data: Vec::new(), budget: usize::MAX };
         out.flush(&mut pool, &mut sink).unwrap();
         let head = b"HTTP/1.1 101\r\n\r\n";

@@ -19,6 +19,7 @@
 //! ```
 
 mod admin;
+mod apps;
 mod bridge;
 mod config;
 mod conn;
@@ -30,6 +31,7 @@ mod shared;
 pub mod timer;
 mod worker;
 
+pub use apps::{room_of, Echo, Rooms};
 pub use bridge::Bridge;
 pub use config::{BackpressurePolicy, Config};
 pub use ctx::Connection;

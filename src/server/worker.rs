@@ -342,12 +342,15 @@ impl<H: Handler> Worker<H> {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
-        let (code, why) = match conn.core.phase {
-            Phase::Closed | Phase::Closing if conn.core.has(flag::PEER_CLOSED) => {
-                (CloseCode(conn.core.close_code), "closed")
-            }
-            Phase::Closed => (CloseCode(conn.core.close_code), "closed"),
-            _ => (CloseCode::ABNORMAL, "peer went away without a close frame"),
+        let closed_cleanly = match conn.core.phase {
+            Phase::Closed => true,
+            Phase::Closing => conn.core.has(flag::PEER_CLOSED),
+            Phase::Handshaking | Phase::Open => false,
+        };
+        let (code, why) = if closed_cleanly {
+            (CloseCode(conn.core.close_code), "closed")
+        } else {
+            (CloseCode::ABNORMAL, "peer went away without a close frame")
         };
         self.remove(key, code, why);
     }
@@ -542,28 +545,25 @@ impl<H: Handler> Worker<H> {
     // ---- writing -----------------------------------------------------------------
 
     fn flush_dirty(&mut self) {
-        let mut work = std::mem::take(&mut self.work);
-        std::mem::swap(&mut work, &mut self.ctx.dirty);
-        for &key in &work {
-            if let Some(conn) = self.conns.get_mut(key as usize) {
-                // Already flushed right after its read if the flag is gone.
-                if conn.core.has(flag::DIRTY) {
-                    conn.core.set(flag::DIRTY, false);
-                    self.flush(key);
-                }
-            }
-        }
-        work.clear();
-        self.work = work;
+        self.flush_marked(flag::DIRTY);
     }
 
     fn flush_deferred(&mut self) {
         self.ctx.deferred_since = None;
+        self.flush_marked(flag::DEFERRED);
+    }
+
+    /// Flushes the connections on the list that goes with `mark` (`DIRTY`: end of turn;
+    /// `DEFERRED`: broadcast window) that still carry it: one flushed right after its
+    /// read has lost the mark, and a slot reused by a new connection never had it.
+    fn flush_marked(&mut self, mark: u16) {
         let mut work = std::mem::take(&mut self.work);
-        std::mem::swap(&mut work, &mut self.ctx.deferred);
+        let list = if mark == flag::DEFERRED { &mut self.ctx.deferred } else { &mut self.ctx.dirty };
+        std::mem::swap(&mut work, list);
         for &key in &work {
-            if let Some(conn) = self.conns.get_mut(key as usize) {
-                conn.core.set(flag::DEFERRED, false);
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            if conn.core.has(mark) {
+                conn.core.set(mark, false);
                 self.flush(key);
             }
         }
@@ -909,7 +909,8 @@ fn accept_upgrade(ctx: &mut Ctx, core: &mut Core, key: u32, req: &crate::proto::
     let protocol = accept.protocol.filter(|p| crate::auth::bearer::client_protocols(req).any(|o| o == *p));
     let mut resp = [0u8; 1024];
     match write_accept(&mut resp, req, protocol, b"") {
-        Ok(n) if core.out.send_first(&mut ctx.wpool, &mut core.stream, &resp[..n]) => {
+        Ok(n) => {
+            core.out.send_first(&mut ctx.wpool, &mut core.stream, &resp[..n]);
             core.phase = Phase::Open;
             core.set(flag::OPENED, true);
             core.phase_since = ctx.now_tick;
@@ -926,7 +927,7 @@ fn accept_upgrade(ctx: &mut Ctx, core: &mut Core, key: u32, req: &crate::proto::
                 ctx.arm(core, key, at);
             }
         }
-        _ => refuse(ctx, core, key, Reject::new(500, "response too large")),
+        Err(_) => refuse(ctx, core, key, Reject::new(500, "response too large")),
     }
 }
 

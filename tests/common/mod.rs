@@ -3,17 +3,10 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use wsloop::server::{Config, Connection, Handler, Message, Running, Server};
+pub use wsloop::server::Echo;
+use wsloop::server::{Config, Handler, Running, Server};
 
-/// Echoes every message with its opcode.
-#[derive(Clone, Default)]
-pub struct Echo;
-
-impl Handler for Echo {
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
-        let _ = conn.send(msg);
-    }
-}
+pub mod counting;
 
 /// A server running on its own threads, stopped when dropped.
 pub struct TestServer {
