@@ -7,7 +7,11 @@ use super::ring::Ring;
 #[derive(Debug)]
 pub struct BufPool {
     size: usize,
-    free: Vec<Box<[u8]>>,
+    /// A stack of idle storage: `free[..top]` is filled, the rest empty slots. Slots
+    /// rather than `Vec::push`/`pop` so that giving a ring back (once per echoed
+    /// message) is a store, not a call.
+    free: Vec<Option<Box<[u8]>>>,
+    top: usize,
     max_free: usize,
     lent: usize,
     /// Most rings lent at once since the last [`BufPool::trim`].
@@ -18,7 +22,7 @@ impl BufPool {
     /// A pool of rings of `size` bytes. Idle rings are kept while recent use needs them
     /// and trimmed to `max_free` once it no longer does (see [`BufPool::trim`]).
     pub fn new(size: usize, max_free: usize) -> Self {
-        BufPool { size, free: Vec::new(), max_free, lent: 0, peak: 0 }
+        BufPool { size, free: Vec::new(), top: 0, max_free, lent: 0, peak: 0 }
     }
 
     /// Capacity of each ring.
@@ -27,19 +31,38 @@ impl BufPool {
     }
 
     /// An empty ring, from the free list or newly allocated.
+    #[inline(always)]
     pub fn take(&mut self) -> Ring {
         self.lent += 1;
-        self.peak = self.peak.max(self.lent);
-        let storage = self.free.pop().unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice());
-        Ring::from_storage(storage)
+        if self.lent > self.peak {
+            self.peak = self.lent;
+        }
+        if self.top > 0 {
+            self.top -= 1;
+            if let Some(storage) = self.free[self.top].take() {
+                return Ring::from_storage(storage);
+            }
+        }
+        self.allocate()
+    }
+
+    #[cold]
+    fn allocate(&self) -> Ring {
+        Ring::from_storage(vec![0u8; self.size].into_boxed_slice())
     }
 
     /// Returns a ring; its contents are discarded. It is kept for reuse: a broadcast
     /// that lends a ring to each of 1000 subscribers every few milliseconds must not
     /// free and re-zero 1000 rings each time.
+    #[inline(always)]
     pub fn give(&mut self, ring: Ring) {
         self.lent = self.lent.saturating_sub(1);
-        self.free.push(ring.into_storage());
+        let storage = ring.into_storage();
+        match self.free.get_mut(self.top) {
+            Some(slot) => *slot = Some(storage),
+            None => self.free.push(Some(storage)),
+        }
+        self.top += 1;
     }
 
     /// Frees idle rings beyond what the busiest moment since the last trim needed
@@ -47,8 +70,12 @@ impl BufPool {
     /// down within two calls, and a steady load never reallocates.
     pub fn trim(&mut self) {
         let keep = self.max_free.max(self.peak.saturating_sub(self.lent));
-        if self.free.len() > keep {
-            self.free.truncate(keep);
+        if self.top > keep {
+            self.free[keep..self.top].fill(None);
+            self.top = keep;
+        }
+        if self.free.len() > keep.max(self.max_free) {
+            self.free.truncate(keep.max(self.max_free));
             self.free.shrink_to(keep.max(self.max_free));
         }
         self.peak = self.lent;
@@ -61,7 +88,7 @@ impl BufPool {
 
     /// Rings kept idle for reuse.
     pub fn idle(&self) -> usize {
-        self.free.len()
+        self.top
     }
 }
 

@@ -146,6 +146,23 @@ impl Ring {
         true
     }
 
+    /// Appends a frame: the first `hlen` bytes of `header`, then `payload`, when the
+    /// whole ten-byte header array and the payload fit at the tail without wrapping;
+    /// false (nothing written) otherwise. The header goes in as one fixed-size store
+    /// (its bytes past `hlen` land in free space and are overwritten by the payload).
+    #[inline]
+    pub fn push_frame(&mut self, header: &[u8; 10], hlen: usize, payload: &[u8]) -> bool {
+        let end = self.h() + self.l();
+        if end + header.len() + payload.len() > self.buf.len() {
+            return false;
+        }
+        self.buf[end..end + header.len()].copy_from_slice(header);
+        let at = end + hlen.min(header.len());
+        self.buf[at..at + payload.len()].copy_from_slice(payload);
+        self.len += (at + payload.len() - end) as u32;
+        true
+    }
+
     /// Puts `data` in front of the stored bytes; false (and nothing changed) if it does
     /// not fit.
     pub fn push_front(&mut self, data: &[u8]) -> bool {
@@ -162,31 +179,41 @@ impl Ring {
         true
     }
 
-    /// Rotates the stored bytes to start at offset 0 and returns them as one mutable
-    /// slice. Free when they already are contiguous, which is the common case (the ring
-    /// restarts at 0 whenever it empties).
+    /// The stored bytes as one mutable slice, moved to the front first when they wrap
+    /// (or crowd the end). Free in the common case: the ring restarts at 0 whenever it
+    /// empties.
     #[inline]
     pub fn make_contiguous(&mut self) -> &mut [u8] {
-        if self.head == 0 {
-            let len = self.l();
-            return &mut self.buf[..len];
-        }
-        if self.h() + self.l() > self.buf.len() {
-            self.buf.rotate_left(self.h());
-            self.head = 0;
-        } else if self.h() > 0 && self.free() < self.buf.len() / 4 {
-            // Contiguous but crowding the end: move it to the front so the next read
-            // is not cut short (a few bytes of a partial frame, usually).
-            self.buf.copy_within(self.h()..self.h() + self.l(), 0);
-            self.head = 0;
+        if self.head != 0 {
+            self.settle();
         }
         let (head, len) = (self.h(), self.l());
         &mut self.buf[head..head + len]
     }
 
+    #[inline(never)]
+    fn settle(&mut self) {
+        if self.h() + self.l() > self.buf.len() {
+            self.buf.rotate_left(self.h());
+            self.head = 0;
+        } else if self.free() < self.buf.len() / 4 {
+            // Contiguous but crowding the end: move it to the front so the next read
+            // is not cut short (a few bytes of a partial frame, usually).
+            self.buf.copy_within(self.h()..self.h() + self.l(), 0);
+            self.head = 0;
+        }
+    }
+
     /// Reads from `src` into the free space (both parts, with one vectored read).
     /// Returns what `read_vectored` returned; `Ok(0)` with free space means end of stream.
+    #[inline(always)]
     pub fn read_from<R: Read>(&mut self, src: &mut R) -> io::Result<usize> {
+        if self.len == 0 {
+            // The usual case (an empty ring restarts at 0): one plain read.
+            let n = src.read(&mut self.buf)?;
+            self.commit(n);
+            return Ok(n);
+        }
         let (a, b) = self.free_slices_mut();
         let n = if b.is_empty() {
             src.read(a)?
@@ -288,5 +315,21 @@ mod tests {
                 assert_eq!(r.make_contiguous(), &data[..]);
             }
         }
+    }
+
+    #[test]
+    fn push_frame_writes_only_the_meant_header_bytes() {
+        let mut r = ring(16);
+        let mut h = [0xAAu8; 10];
+        h[0] = 0x81;
+        h[1] = 3;
+        assert!(r.push_frame(&h, 2, b"abc"));
+        assert_eq!(contents(&r), b"\x81\x03abc");
+        // 5 stored + 10 header bytes + 2 > 16: refused, nothing written.
+        assert!(!r.push_frame(&h, 2, b"xy"));
+        assert_eq!(r.len(), 5);
+        r.consume(5);
+        assert!(r.push_frame(&h, 2, b"xyzw"), "an emptied ring starts at the front again");
+        assert_eq!(contents(&r), b"\x81\x03xyzw");
     }
 }

@@ -205,6 +205,30 @@ impl FrameHeader {
     }
 }
 
+/// The longest header a server writes (unmasked, 64-bit length).
+pub const MAX_SERVER_HEADER_LEN: usize = 10;
+
+/// The header of a final, unmasked frame (what a server sends), built in registers:
+/// returns the header bytes (only the first `n` are meant) and `n`. The bytes past
+/// `n` are zero, so a caller may copy all ten at once when it has the room.
+#[inline]
+pub fn server_header(opcode: OpCode, payload_len: usize) -> ([u8; MAX_SERVER_HEADER_LEN], usize) {
+    let mut h = [0u8; MAX_SERVER_HEADER_LEN];
+    h[0] = 0x80 | opcode.as_u8();
+    if payload_len < 126 {
+        h[1] = payload_len as u8;
+        (h, 2)
+    } else if payload_len <= u16::MAX as usize {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+        (h, 10)
+    }
+}
+
 /// Bytes a header takes for a payload of `payload_len` (2, 4 or 10, plus 4 when masked).
 pub fn header_len(payload_len: u64, masked: bool) -> usize {
     let base = if payload_len < 126 {
@@ -413,5 +437,20 @@ mod tests {
         assert_eq!(out[1] as usize, n - 2);
         assert!(n - 2 <= 125);
         assert!(std::str::from_utf8(&out[4..n]).is_ok());
+    }
+
+    #[test]
+    fn server_header_equals_the_general_encoder() {
+        for len in [0usize, 1, 125, 126, 127, 65535, 65536, 1 << 33] {
+            for op in [OpCode::Text, OpCode::Binary, OpCode::Ping, OpCode::Pong, OpCode::Close] {
+                let (h, n) = server_header(op, len);
+                let mut want = [0u8; MAX_HEADER_LEN];
+                let m = FrameHeader { fin: true, rsv: 0, opcode: op, mask: None, payload_len: len as u64 }
+                    .encode(&mut want)
+                    .unwrap();
+                assert_eq!(&h[..n], &want[..m], "len {len} op {op:?}");
+                assert!(h[n..].iter().all(|&b| b == 0));
+            }
+        }
     }
 }

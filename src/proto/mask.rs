@@ -8,17 +8,39 @@
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate_for(key, offset);
     if buf.len() < 64 {
-        // Small payloads (the common chat or telemetry message): 4 bytes at a time,
-        // without the alignment split.
+        // Small payloads (the common chat or telemetry message): 16, 8 and 4 bytes at a
+        // time with unaligned loads, without the alignment split or a vectorised loop's
+        // set-up. The key repeats every 4 bytes, so each width sees it at offset 0.
         let k = u32::from_ne_bytes(key);
-        let mut chunks = buf.chunks_exact_mut(4);
-        for c in &mut chunks {
-            let v = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) ^ k;
-            c.copy_from_slice(&v.to_ne_bytes());
+        let k64 = (k as u64) << 32 | k as u64;
+        let k128 = (k64 as u128) << 64 | k64 as u128;
+        let mut blocks = buf.chunks_exact_mut(16);
+        for c in &mut blocks {
+            let c: &mut [u8; 16] = c.try_into().expect("16-byte chunk");
+            *c = (u128::from_ne_bytes(*c) ^ k128).to_ne_bytes();
         }
-        apply_bytes(chunks.into_remainder(), key);
+        let mut rest = blocks.into_remainder();
+        if rest.len() >= 8 {
+            let (c, r) = rest.split_at_mut(8);
+            let c: &mut [u8; 8] = c.try_into().expect("8 bytes");
+            *c = (u64::from_ne_bytes(*c) ^ k64).to_ne_bytes();
+            rest = r;
+        }
+        if rest.len() >= 4 {
+            let (c, r) = rest.split_at_mut(4);
+            let c: &mut [u8; 4] = c.try_into().expect("4 bytes");
+            *c = (u32::from_ne_bytes(*c) ^ k).to_ne_bytes();
+            rest = r;
+        }
+        apply_bytes(rest, key);
         return;
     }
+    apply_mask_long(buf, key);
+}
+
+/// `apply_mask` for 64 bytes and more, kept out of line so the small case inlines.
+#[inline(never)]
+fn apply_mask_long(buf: &mut [u8], key: [u8; 4]) {
     // Head: bytes before the first 8-byte boundary, then the bulk as u64 words (the
     // compiler vectorises the loop), then the tail.
     // SAFETY: `align_to_mut` with u8 -> u64 is sound for any bytes: every bit pattern is

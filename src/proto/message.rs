@@ -122,6 +122,38 @@ impl Default for Decoder {
 /// Above this, the assembly buffer is freed after its message rather than kept.
 const KEEP_ASSEMBLY_CAPACITY: usize = 64 << 10;
 
+/// Fastest path, the small message of a chat or telemetry client: masked, final,
+/// unfragmented text or binary with a 7-bit length, wholly in `input`. The same rules
+/// as the general path hold (FIN set, RSV clear, known opcode, masked, within
+/// max_message; 131 bytes always fit the inline limit). Returns the payload length of
+/// such a frame; `None`: take the general path.
+#[inline(always)]
+fn small_frame(input: &[u8], cfg: &DecoderConfig) -> Option<usize> {
+    if cfg.role != Role::Server || input.len() < 6 {
+        return None;
+    }
+    let (b0, b1) = (input[0], input[1]);
+    let len = (b1 & 0x7f) as usize;
+    let ok = (b0 == 0x81 || b0 == 0x82) && b1 & 0x80 != 0 && len < 126 && input.len() >= 6 + len;
+    (ok && len <= cfg.max_message).then_some(len)
+}
+
+/// Unmasks and returns the message of a frame that [`small_frame`] accepted.
+#[inline(always)]
+fn small_message(input: &mut [u8], len: usize) -> Result<(usize, Option<Event<'_>>), ProtocolError> {
+    let key = [input[2], input[3], input[4], input[5]];
+    let text = input[0] == 0x81;
+    let payload = &mut input[6..6 + len];
+    apply_mask(payload, key, 0);
+    let payload = &input[6..6 + len];
+    let event = if text {
+        Event::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?)
+    } else {
+        Event::Binary(payload)
+    };
+    Ok((6 + len, Some(event)))
+}
+
 impl Decoder {
     /// A decoder at the start of a stream.
     pub const fn new() -> Self {
@@ -148,7 +180,24 @@ impl Decoder {
     /// Decodes from the front of `input`. Returns the bytes consumed and the event, if
     /// one completed. `(0, None)` means: call again when more bytes have arrived.
     /// `(n > 0, None)` means progress without an event: call again with the rest.
+    #[inline(always)]
     pub fn decode<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &DecoderConfig,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        // Inlined into the caller's loop: the steady state of a chat or telemetry
+        // server is one small message per read.
+        if self.is_idle() {
+            if let Some(len) = small_frame(input, cfg) {
+                return small_message(input, len);
+            }
+        }
+        self.decode_general(input, cfg)
+    }
+
+    #[inline(never)]
+    fn decode_general<'a>(
         &'a mut self,
         input: &'a mut [u8],
         cfg: &DecoderConfig,
@@ -176,28 +225,9 @@ impl Decoder {
         input: &'a mut [u8],
         cfg: &DecoderConfig,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
-        // Fastest path, the small message of a chat or telemetry client: masked, final,
-        // unfragmented text or binary with a 7-bit length, wholly in the buffer. The
-        // same rules as the general path hold (FIN set, RSV clear, known opcode, masked,
-        // within max_message; 131 bytes always fit the inline limit).
-        if cfg.role == Role::Server && self.msg.is_none() && input.len() >= 6 {
-            let (b0, b1) = (input[0], input[1]);
-            let len = (b1 & 0x7f) as usize;
-            if (b0 == 0x81 || b0 == 0x82)
-                && b1 & 0x80 != 0
-                && len < 126
-                && input.len() >= 6 + len
-                && len <= cfg.max_message
-            {
-                let key = [input[2], input[3], input[4], input[5]];
-                apply_mask(&mut input[6..6 + len], key, 0);
-                let payload = &input[6..6 + len];
-                let event = if b0 == 0x81 {
-                    Event::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?)
-                } else {
-                    Event::Binary(payload)
-                };
-                return Ok((6 + len, Some(event)));
+        if self.msg.is_none() {
+            if let Some(len) = small_frame(input, cfg) {
+                return small_message(input, len);
             }
         }
         let (hdr, hlen) = match FrameHeader::parse(input, cfg.role, 0)? {

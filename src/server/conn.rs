@@ -18,7 +18,7 @@
 //! 7.1.7, "fail the connection"). A reset or EOF drops the connection from any state.
 
 use crate::buf::{BufPool, Ring};
-use crate::proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::proto::frame::{server_header, OpCode};
 use crate::proto::{CloseCode, Decoder};
 use crate::server::timer::TimerId;
 use std::collections::VecDeque;
@@ -80,6 +80,7 @@ impl Outbox {
     /// Queues a frame with `payload`. When nothing is queued and the frame is larger than
     /// a ring, it is first written straight to the socket, so a large message is copied
     /// at most once (its unsent rest).
+    #[inline(always)]
     pub fn queue_frame<W: Write>(
         &mut self,
         pool: &mut BufPool,
@@ -88,29 +89,40 @@ impl Outbox {
         payload: &[u8],
         direct: bool,
     ) -> io::Result<usize> {
-        let mut hbuf = [0u8; MAX_HEADER_LEN];
-        let h = FrameHeader { fin: true, rsv: 0, opcode, mask: None, payload_len: payload.len() as u64 };
-        let hl = h.encode(&mut hbuf).unwrap_or(0);
-        let mut written = 0;
-        if direct && self.len == 0 && hl + payload.len() > pool.ring_size() {
-            written = write_all_nonblocking(sock, &[&hbuf[..hl], payload])?;
-        }
+        let (hbuf, hl) = server_header(opcode, payload.len());
         let total = hl + payload.len();
-        if written == 0 && self.overflow.is_none() {
+        if self.overflow.is_none() && hbuf.len() + payload.len() <= pool.ring_size() {
             // Common case: header and payload go into the ring's tail together.
             let ring = self.ring.get_or_insert_with(|| pool.take());
-            if ring.push_pair(&hbuf[..hl], payload) {
+            if ring.push_frame(&hbuf, hl, payload) {
                 self.len += total;
                 return Ok(total);
             }
         }
+        self.queue_frame_slow(pool, sock, &hbuf[..hl], payload, direct)
+    }
+
+    #[inline(never)]
+    fn queue_frame_slow<W: Write>(
+        &mut self,
+        pool: &mut BufPool,
+        sock: &mut W,
+        header: &[u8],
+        payload: &[u8],
+        direct: bool,
+    ) -> io::Result<usize> {
+        let hl = header.len();
+        let mut written = 0;
+        if direct && self.len == 0 && hl + payload.len() > pool.ring_size() {
+            written = write_all_nonblocking(sock, &[header, payload])?;
+        }
         if written < hl {
-            self.push(pool, &hbuf[written..hl]);
+            self.push(pool, &header[written..]);
             self.push(pool, payload);
         } else {
             self.push(pool, &payload[written - hl..]);
         }
-        Ok(total)
+        Ok(hl + payload.len())
     }
 
     /// Queues raw bytes (a pre-encoded frame, an HTTP response).
@@ -179,32 +191,45 @@ impl Outbox {
 
     /// Writes until the socket would block or nothing is left. Returns the bytes written
     /// and whether anything remains.
+    #[inline(always)]
     pub fn flush<W: Write>(&mut self, pool: &mut BufPool, sock: &mut W) -> io::Result<(usize, Flushed)> {
+        if self.overflow.is_some() || self.len == 0 {
+            return self.flush_general(pool, sock);
+        }
+        let Some(ring) = self.ring.as_mut() else {
+            return self.flush_general(pool, sock);
+        };
+        // The common case: everything is in the ring, usually one slice.
         let mut total = 0;
-        if self.overflow.is_none() {
-            if let Some(ring) = self.ring.as_mut() {
-                // The common case: everything is in the ring, usually one slice.
-                while self.len > 0 {
-                    let (a, b) = ring.as_slices();
-                    let res = if b.is_empty() {
-                        sock.write(a)
-                    } else {
-                        sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-                    };
-                    match res {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => {
-                            ring.consume(n);
-                            total += n;
-                            self.len -= n;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+        loop {
+            let (a, b) = ring.as_slices();
+            let res =
+                if b.is_empty() { sock.write(a) } else { sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) };
+            match res {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    total += n;
+                    self.len -= n;
+                    if self.len == 0 {
+                        break;
                     }
+                    ring.consume(n);
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((total, Flushed::Pending)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
+        if let Some(ring) = self.ring.take() {
+            pool.give(ring);
+        }
+        Ok((total, Flushed::Empty))
+    }
+
+    /// `flush` with overflow chunks behind the ring (or nothing queued).
+    #[inline(never)]
+    fn flush_general<W: Write>(&mut self, pool: &mut BufPool, sock: &mut W) -> io::Result<(usize, Flushed)> {
+        let mut total = 0;
         while self.len > 0 {
             let mut extra: [&[u8]; 4] = [&[]; 4];
             if let Some(of) = &self.overflow {
@@ -408,6 +433,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::frame::FrameHeader;
 
     /// A socket that accepts `budget` bytes and then would block.
     struct Sink {

@@ -8,6 +8,7 @@ use super::handler::{ConnId, Message, SendStatus};
 use super::metrics::WorkerMetrics;
 use super::pubsub::{frame_message, LocalTopics, Publisher};
 use super::shared::Shared;
+use super::sock::Sock;
 use super::timer::TimerWheel;
 use crate::buf::BufPool;
 use crate::proto::frame::{encode_close, OpCode};
@@ -53,6 +54,9 @@ pub(crate) struct Ctx {
     pub now_tick: u32,
     /// Connections with output to flush at the end of this loop turn.
     pub dirty: Vec<u32>,
+    /// The connection whose readiness event is being handled ([`NO_CONN`] between
+    /// events): the loop flushes it right after, so marking it dirty needs no list entry.
+    pub current: u32,
     /// Connections with broadcast output, flushed once `broadcast_coalesce` has passed.
     pub deferred: Vec<u32>,
     pub deferred_since: Option<Instant>,
@@ -73,6 +77,9 @@ pub use crate::auth::Claims;
 #[cfg(not(feature = "jwt"))]
 #[derive(Clone, Debug)]
 pub enum Claims {}
+
+/// No connection (see [`Ctx::current`]).
+pub(crate) const NO_CONN: u32 = u32::MAX;
 
 pub(crate) fn to_ticks(d: Duration, tick: Duration) -> u32 {
     let t = d.as_nanos().div_ceil(tick.as_nanos().max(1));
@@ -100,6 +107,7 @@ impl Ctx {
             start: Instant::now(),
             now_tick: 0,
             dirty: Vec::new(),
+            current: NO_CONN,
             deferred: Vec::new(),
             deferred_since: None,
             topics: LocalTopics::default(),
@@ -111,10 +119,13 @@ impl Ctx {
         }
     }
 
+    #[inline]
     pub fn mark_dirty(&mut self, core: &mut Core, key: u32) {
         if !core.has(flag::DIRTY) {
             core.set(flag::DIRTY, true);
-            self.dirty.push(key);
+            if key != self.current {
+                self.dirty.push(key);
+            }
         }
     }
 
@@ -151,6 +162,7 @@ impl Ctx {
     }
 
     /// Queues a data or control frame, applying the backpressure policy to data frames.
+    #[inline(always)]
     pub fn send_frame(&mut self, core: &mut Core, key: u32, op: OpCode, payload: &[u8]) -> SendStatus {
         if !matches!(core.phase, Phase::Open | Phase::Handshaking) {
             return SendStatus::Dropped;
@@ -159,23 +171,13 @@ impl Ctx {
         let before = core.out.len();
         let over = before > 0 && before + payload.len() > cap;
         if over && !op.is_control() {
-            self.over_cap_event(core);
-            match self.cfg.backpressure_policy {
-                BackpressurePolicy::Close => {
-                    self.metrics.backpressure_drops.inc();
-                    self.close(core, key, CloseCode::POLICY_VIOLATION, "slow consumer");
-                    return SendStatus::Dropped;
-                }
-                BackpressurePolicy::Drop => {
-                    self.metrics.backpressure_drops.inc();
-                    return SendStatus::Dropped;
-                }
-                BackpressurePolicy::PauseReading => core.set(flag::READ_PAUSED, true),
+            if let Some(status) = self.apply_policy(core, key) {
+                return status;
             }
         }
         // Before the 101 is written (sends from on_open) nothing may go straight out.
         let direct = core.phase == Phase::Open;
-        if core.out.queue_frame(&mut self.wpool, &mut core.stream, op, payload, direct).is_err() {
+        if core.out.queue_frame(&mut self.wpool, &mut Sock(&core.stream), op, payload, direct).is_err() {
             // The direct write for a large frame failed: the socket is broken. The read
             // side will see the error; keep the status honest meanwhile.
             return SendStatus::Dropped;
@@ -188,16 +190,45 @@ impl Ctx {
             self.mark_dirty(core, key);
         }
         if core.out.len() > cap {
-            if !over {
-                self.over_cap_event(core);
-            }
-            if self.cfg.backpressure_policy == BackpressurePolicy::PauseReading {
-                core.set(flag::READ_PAUSED, true);
-            }
-            SendStatus::QueuedOverCap
+            self.went_over_cap(core, over)
         } else {
             SendStatus::Queued
         }
+    }
+
+    /// A data frame would take the outbox over `max_backpressure`: the policy decides.
+    /// `Some` is the send's final status; `None` means queue it anyway.
+    #[cold]
+    fn apply_policy(&mut self, core: &mut Core, key: u32) -> Option<SendStatus> {
+        self.over_cap_event(core);
+        match self.cfg.backpressure_policy {
+            BackpressurePolicy::Close => {
+                self.metrics.backpressure_drops.inc();
+                self.close(core, key, CloseCode::POLICY_VIOLATION, "slow consumer");
+                Some(SendStatus::Dropped)
+            }
+            BackpressurePolicy::Drop => {
+                self.metrics.backpressure_drops.inc();
+                Some(SendStatus::Dropped)
+            }
+            BackpressurePolicy::PauseReading => {
+                core.set(flag::READ_PAUSED, true);
+                None
+            }
+        }
+    }
+
+    /// A frame was queued and the outbox is now over the cap (`counted`: the event was
+    /// already counted before queueing).
+    #[cold]
+    fn went_over_cap(&mut self, core: &mut Core, counted: bool) -> SendStatus {
+        if !counted {
+            self.over_cap_event(core);
+        }
+        if self.cfg.backpressure_policy == BackpressurePolicy::PauseReading {
+            core.set(flag::READ_PAUSED, true);
+        }
+        SendStatus::QueuedOverCap
     }
 
     fn over_cap_event(&mut self, core: &mut Core) {
@@ -332,6 +363,7 @@ impl Connection<'_> {
 
     /// Queues a message. Output is written at the end of the loop turn, coalesced with
     /// everything else queued for this socket.
+    #[inline]
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
         match msg {
             Message::Text(s) => self.ctx.send_frame(self.core, self.key, OpCode::Text, s.as_bytes()),

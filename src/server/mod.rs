@@ -28,6 +28,7 @@ mod handler;
 pub mod metrics;
 mod pubsub;
 mod shared;
+mod sock;
 pub mod timer;
 mod worker;
 

@@ -31,13 +31,23 @@ pub struct TimerWheel<T> {
     entries: Slab<Entry<T>>,
     /// Every tick before this one has been processed.
     current: u64,
+    /// The slots of the ticks in `current..empty_until` are empty: where the next
+    /// search for the earliest timer resumes, so a busy loop does not rescan the same
+    /// empty slots on every turn. Only `link` can fill a slot, and it pulls this back.
+    empty_until: u64,
 }
 
 impl<T: Copy> TimerWheel<T> {
     /// A wheel with `slots` slots (rounded up to a power of two).
     pub fn new(slots: usize) -> Self {
         let n = slots.max(2).next_power_of_two();
-        TimerWheel { slots: vec![NIL; n].into_boxed_slice(), mask: n as u64 - 1, entries: Slab::new(), current: 0 }
+        TimerWheel {
+            slots: vec![NIL; n].into_boxed_slice(),
+            mask: n as u64 - 1,
+            entries: Slab::new(),
+            current: 0,
+            empty_until: 0,
+        }
     }
 
     /// Timers scheduled.
@@ -116,23 +126,29 @@ impl<T: Copy> TimerWheel<T> {
     /// Ticks from `now` until the earliest slot that holds a timer, scanning at most one
     /// turn of the wheel; `None` when the wheel is empty. Zero when a slot at or before
     /// `now` is still to be processed (`advance` stopped at its limit).
-    pub fn ticks_until_next(&self, now: u64) -> Option<u64> {
+    pub fn ticks_until_next(&mut self, now: u64) -> Option<u64> {
         if self.entries.is_empty() {
             return None;
         }
         // From `current`, not `now`: ticks before `now` that `advance` has not finished
         // may still hold due timers.
-        let from = self.current;
-        for d in 0..=self.mask {
-            if self.slots[((from + d) & self.mask) as usize] != NIL {
-                return Some((from + d).saturating_sub(now));
+        let end = self.current + self.mask + 1;
+        for t in self.empty_until.max(self.current)..end {
+            if self.slots[(t & self.mask) as usize] != NIL {
+                self.empty_until = t;
+                return Some(t.saturating_sub(now));
             }
         }
-        Some((from + self.mask + 1).saturating_sub(now))
+        self.empty_until = end;
+        Some(end.saturating_sub(now))
     }
 
     fn link(&mut self, key: u32) {
-        let slot = (self.entries[key as usize].deadline & self.mask) as usize;
+        let deadline = self.entries[key as usize].deadline;
+        // The one tick of the coming turn that visits this slot (deadline >= current).
+        let visit = self.current + ((deadline - self.current) & self.mask);
+        self.empty_until = self.empty_until.min(visit);
+        let slot = (deadline & self.mask) as usize;
         let head = self.slots[slot];
         {
             let e = &mut self.entries[key as usize];
@@ -280,5 +296,49 @@ mod tests {
         w.advance(7, usize::MAX, &mut out);
         assert_eq!(out.len(), 7);
         assert_eq!(w.ticks_until_next(7), None);
+    }
+
+    /// The remembered empty stretch must never hide a timer: checked against a full
+    /// rescan through schedules, reschedules, cancels and advances in a fixed
+    /// pseudo-random order.
+    #[test]
+    fn ticks_until_next_matches_a_full_scan() {
+        fn full_scan(w: &TimerWheel<u32>, now: u64) -> Option<u64> {
+            if w.is_empty() {
+                return None;
+            }
+            let end = w.current + w.mask + 1;
+            let t = (w.current..end).find(|t| w.slots[(t & w.mask) as usize] != NIL).unwrap_or(end);
+            Some(t.saturating_sub(now))
+        }
+        let mut w = TimerWheel::new(16);
+        let mut ids = Vec::new();
+        let mut now = 0u64;
+        let mut x = 12345u64;
+        let mut out = Vec::new();
+        for step in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 6 {
+                0 | 1 => ids.push(w.schedule(now + x % 40, step)),
+                2 if !ids.is_empty() => {
+                    let id = ids.swap_remove((x as usize / 7) % ids.len());
+                    w.cancel(id);
+                }
+                3 if !ids.is_empty() => {
+                    let id = ids[(x as usize / 7) % ids.len()];
+                    w.reschedule(id, now + x % 50);
+                }
+                4 => {
+                    now += x % 5;
+                    out.clear();
+                    w.advance(now, 3, &mut out);
+                }
+                _ => {}
+            }
+            let want = full_scan(&w, now);
+            assert_eq!(w.ticks_until_next(now), want, "step {step}");
+        }
     }
 }
