@@ -201,7 +201,8 @@ for run in $(seq "$RUNS"); do
         IFS=: read -r point conns size <<<"$pt"
         for s in $ECHO_SERVERS; do
             start_server "$s" echo || continue
-            run_bench "$point" "$s" "$ECHO_LIMIT" msgs_per_s p99_us server_cpu_us_per_msg server_cpu_pct load_cpu_pct -- \
+            run_bench "$point" "$s" "$ECHO_LIMIT" msgs_per_s p99_us server_cpu_us_per_msg server_cpu_pct load_cpu_pct \
+                server_user_us_per_msg server_sys_us_per_msg -- \
                 echo --url "ws://127.0.0.1:$PORT/" --conns "$conns" --size "$size" \
                 --duration "$ECHO_SECS" --warmup "$WARMUP_SECS"
             stop_server
@@ -263,8 +264,8 @@ export LC_NUMERIC=C
     echo
     echo "#### Echo (msgs/s, p99 latency, server CPU µs per message)"
     echo
-    echo "| test | server | msgs/s | p99 µs | CPU µs/msg | server CPU % | wsloop/peer msgs/s | wsloop/peer CPU/msg |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    echo "| test | server | msgs/s | p99 µs | CPU µs/msg | of it user | of it kernel | server CPU % | wsloop/peer msgs/s | wsloop/peer CPU/msg |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for pt in $ECHO_POINTS; do
         IFS=: read -r point conns size <<<"$pt"
         sz=$size; [ "$size" = 4096 ] && sz=4KiB; [ "$size" = 32 ] && sz="32 B"
@@ -272,8 +273,9 @@ export LC_NUMERIC=C
         for s in $ECHO_SERVERS; do
             m=$(median "$point" "$s" msgs_per_s); p=$(median "$point" "$s" p99_us)
             c=$(median "$point" "$s" server_cpu_us_per_msg); u=$(median "$point" "$s" server_cpu_pct)
+            cu=$(median "$point" "$s" server_user_us_per_msg); ck=$(median "$point" "$s" server_sys_us_per_msg)
             if [ "$s" = wsloop ]; then r1=""; r2=""; else r1=$(ratio "$wm" "$m"); r2=$(ratio "$wc" "$c"); fi
-            echo "| $conns conns x $sz | $(label "$s") | $(fmt_int "$m") | $(fmt_int "$p") | $(fmt_f "$c") | $(fmt_f "$u" 0) | $r1 | $r2 |"
+            echo "| $conns conns x $sz | $(label "$s") | $(fmt_int "$m") | $(fmt_int "$p") | $(fmt_f "$c") | $(fmt_f "$cu") | $(fmt_f "$ck") | $(fmt_f "$u" 0) | $r1 | $r2 |"
         done
     done
     echo

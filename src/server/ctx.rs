@@ -14,7 +14,7 @@ use crate::buf::BufPool;
 use crate::proto::frame::{encode_close, OpCode};
 use crate::proto::{CloseCode, DecoderConfig, HandshakeLimits};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What a timer carries.
 #[derive(Clone, Copy, Debug)]
@@ -50,8 +50,14 @@ pub(crate) struct Ctx {
     pub rpool: BufPool,
     pub wpool: BufPool,
     pub wheel: TimerWheel<TimerEvent>,
-    pub start: Instant,
+    /// `clock::monotonic_ns` when the worker started: the origin of its clock.
+    pub start_ns: u64,
+    /// Worker clock (ns since `start`) at the start of this loop turn.
+    pub now_ns: u64,
     pub now_tick: u32,
+    pub tick_ns: u64,
+    pub ticks_per_sec: u32,
+    pub coalesce_ns: u64,
     /// Connections with output to flush at the end of this loop turn.
     pub dirty: Vec<u32>,
     /// The connection whose readiness event is being handled ([`NO_CONN`] between
@@ -59,7 +65,8 @@ pub(crate) struct Ctx {
     pub current: u32,
     /// Connections with broadcast output, flushed once `broadcast_coalesce` has passed.
     pub deferred: Vec<u32>,
-    pub deferred_since: Option<Instant>,
+    /// Worker clock (ns) of the first deferred broadcast of the current window.
+    pub deferred_since: Option<u64>,
     pub topics: LocalTopics,
     /// Publishes made by handlers on this worker, delivered after the callback returns.
     pub local_pubs: Vec<(Arc<str>, Arc<[u8]>)>,
@@ -104,8 +111,12 @@ impl Ctx {
             rpool: BufPool::new(cfg.read_buffer_size, cfg.pool_keep),
             wpool: BufPool::new(cfg.write_buffer_size, cfg.pool_keep),
             wheel: TimerWheel::new(1024),
-            start: Instant::now(),
+            start_ns: super::clock::monotonic_ns(),
+            now_ns: 0,
             now_tick: 0,
+            tick_ns: cfg.tick.as_nanos().clamp(1, u64::MAX as u128) as u64,
+            ticks_per_sec: (1_000_000_000 / cfg.tick.as_nanos().max(1)).clamp(1, u32::MAX as u128) as u32,
+            coalesce_ns: cfg.broadcast_coalesce.as_nanos().min(u64::MAX as u128) as u64,
             dirty: Vec::new(),
             current: NO_CONN,
             deferred: Vec::new(),
@@ -117,6 +128,19 @@ impl Ctx {
             cfg,
             shared,
         }
+    }
+
+    /// Nanoseconds since the worker started (reads the clock).
+    #[inline]
+    pub fn clock_ns(&self) -> u64 {
+        super::clock::monotonic_ns().saturating_sub(self.start_ns)
+    }
+
+    /// Sets this turn's time (`clock_ns`) and the tick it falls in.
+    #[inline]
+    pub fn set_now(&mut self, ns: u64) {
+        self.now_ns = ns;
+        self.now_tick = (ns / self.tick_ns).min(u32::MAX as u64) as u32;
     }
 
     #[inline]
@@ -134,7 +158,7 @@ impl Ctx {
             core.set(flag::DEFERRED, true);
             self.deferred.push(key);
             if self.deferred_since.is_none() {
-                self.deferred_since = Some(Instant::now());
+                self.deferred_since = Some(self.now_ns);
             }
         }
     }

@@ -21,6 +21,7 @@
 mod admin;
 mod apps;
 mod bridge;
+mod clock;
 mod config;
 mod conn;
 mod ctx;

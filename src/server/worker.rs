@@ -45,10 +45,11 @@ pub(crate) struct Worker<H: Handler> {
     handler: H,
     ctx: Ctx,
     next_generation: u32,
-    accept_paused_until: Option<Instant>,
+    /// Worker clock (ns, see `Ctx::clock_ns`) at which accepting resumes.
+    accept_paused_until: Option<u64>,
     accept_more: bool,
     fd_exhaustion_logged: bool,
-    drain_deadline: Option<Instant>,
+    drain_deadline: Option<u64>,
     stop: bool,
     expired: Vec<(super::timer::TimerId, TimerEvent)>,
     work: Vec<u32>,
@@ -100,8 +101,9 @@ impl<H: Handler> Worker<H> {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         // Two clock reads per loop turn: at the start of its work and at its end (the
-        // latter also dates the next poll timeout).
-        let mut now = Instant::now();
+        // latter also dates the next poll timeout). Times are nanoseconds since the
+        // worker started, so the per-turn arithmetic is plain integer math.
+        let mut now = self.ctx.clock_ns();
         loop {
             let timeout = self.poll_timeout(now);
             match self.poll.poll(&mut events, timeout) {
@@ -109,8 +111,8 @@ impl<H: Handler> Worker<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let busy = Instant::now();
-            self.update_clock(busy);
+            let busy = self.ctx.clock_ns();
+            self.ctx.set_now(busy);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -149,53 +151,52 @@ impl<H: Handler> Worker<H> {
         Ok(())
     }
 
-    fn update_clock(&mut self, now: Instant) {
-        let ticks = now.duration_since(self.ctx.start).as_nanos() / self.ctx.cfg.tick.as_nanos();
-        self.ctx.now_tick = ticks.min(u32::MAX as u128) as u32;
-    }
-
-    fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
+    /// How long the poll may sleep: until the earliest of the next timer tick, the end
+    /// of the broadcast coalescing window, accept resumption and the drain deadline.
+    fn poll_timeout(&mut self, now: u64) -> Option<Duration> {
         if self.accept_more || !self.ctx.local_pubs.is_empty() {
             return Some(Duration::ZERO);
         }
-        let mut t: Option<Duration> = None;
-        let mut min = |d: Duration| t = Some(t.map_or(d, |x| x.min(d)));
+        let mut at = u64::MAX;
         if let Some(ticks) = self.ctx.wheel.ticks_until_next(self.ctx.now_tick as u64) {
-            let at = self.ctx.start + self.ctx.cfg.tick * (self.ctx.now_tick + ticks as u32);
-            min(at.saturating_duration_since(now));
+            at = (self.ctx.now_tick as u64 + ticks).saturating_mul(self.ctx.tick_ns);
         }
         if let Some(since) = self.ctx.deferred_since {
-            min((since + self.ctx.cfg.broadcast_coalesce).saturating_duration_since(now));
+            at = at.min(since.saturating_add(self.ctx.coalesce_ns));
         }
-        if let Some(at) = self.accept_paused_until {
-            min(at.saturating_duration_since(now));
+        if let Some(t) = self.accept_paused_until {
+            at = at.min(t);
         }
-        if let Some(at) = self.drain_deadline {
-            min(at.saturating_duration_since(now));
+        if let Some(t) = self.drain_deadline {
+            at = at.min(t);
             if self.conns.is_empty() && self.admin.is_some() {
                 // Only here for the admin listener: look again for the others' progress.
-                min(ADMIN_DRAIN_POLL);
+                at = at.min(now.saturating_add(ADMIN_DRAIN_POLL.as_nanos() as u64));
             }
         }
-        t
+        (at != u64::MAX).then(|| Duration::from_nanos(at.saturating_sub(now)))
     }
 
     /// Everything that runs once per loop turn after the events: local publishes,
     /// timers, flushes, accept resumption, drain progress, metrics.
     /// `busy`: when this turn's work began (the time its checks use). Returns when it
     /// ended.
-    fn after_events(&mut self, busy: Instant) -> Instant {
+    fn after_events(&mut self, busy: u64) -> u64 {
         self.deliver_local_pubs();
         let now = busy;
         if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
             self.accept();
         }
-        self.run_timers();
+        if self.ctx.wheel.current_tick() <= self.ctx.now_tick as u64 {
+            self.run_timers();
+        }
         self.deliver_local_pubs();
-        self.flush_dirty();
+        if !self.ctx.dirty.is_empty() {
+            self.flush_dirty();
+        }
         if let Some(since) = self.ctx.deferred_since {
-            if now.duration_since(since) >= self.ctx.cfg.broadcast_coalesce {
+            if now.saturating_sub(since) >= self.ctx.coalesce_ns {
                 self.flush_deferred();
             }
         }
@@ -207,17 +208,16 @@ impl<H: Handler> Worker<H> {
                 self.stop = true;
             }
         }
-        let m = &self.ctx.metrics;
         // About once a second, let the buffer pools shrink to what recent load needed.
-        let ticks_per_sec = (1_000_000_000 / self.ctx.cfg.tick.as_nanos().max(1)).max(1) as u32;
-        if self.ctx.now_tick.wrapping_sub(self.last_trim) >= ticks_per_sec {
+        if self.ctx.now_tick.wrapping_sub(self.last_trim) >= self.ctx.ticks_per_sec {
             self.last_trim = self.ctx.now_tick;
             self.ctx.rpool.trim();
             self.ctx.wpool.trim();
         }
+        let end = self.ctx.clock_ns();
+        let m = &self.ctx.metrics;
         m.loop_iterations.inc();
-        let end = Instant::now();
-        m.loop_busy_ns.add(end.duration_since(busy).as_nanos() as u64);
+        m.loop_busy_ns.add(end.saturating_sub(busy));
         end
     }
 
@@ -254,7 +254,8 @@ impl<H: Handler> Worker<H> {
                         );
                         self.fd_exhaustion_logged = true;
                     }
-                    self.accept_paused_until = Some(Instant::now() + self.ctx.cfg.accept_pause);
+                    self.accept_paused_until =
+                        Some(self.ctx.now_ns.saturating_add(self.ctx.cfg.accept_pause.as_nanos() as u64));
                     return;
                 }
                 Err(e) => log::debug!("accept: {e}"),
@@ -836,7 +837,14 @@ impl<H: Handler> Worker<H> {
         let _ = self.ctx.shared.workers[self.ctx.id].waker.wake();
     }
 
+    #[inline(always)]
     fn deliver_local_pubs(&mut self) {
+        if !self.ctx.local_pubs.is_empty() {
+            self.deliver_local_pubs_slow();
+        }
+    }
+
+    fn deliver_local_pubs_slow(&mut self) {
         while !self.ctx.local_pubs.is_empty() {
             let pubs = std::mem::take(&mut self.ctx.local_pubs);
             for (topic, frame) in &pubs {
@@ -863,7 +871,7 @@ impl<H: Handler> Worker<H> {
         if self.drain_deadline.is_some() {
             return;
         }
-        self.drain_deadline = Some(Instant::now() + self.ctx.cfg.drain_timeout);
+        self.drain_deadline = Some(self.ctx.clock_ns().saturating_add(self.ctx.cfg.drain_timeout.as_nanos() as u64));
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }

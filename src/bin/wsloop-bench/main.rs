@@ -412,8 +412,14 @@ fn run(opts: &Options) -> Result<u64, String> {
     }
     if let Some(cpu) = cpu_window.server {
         let per_msg = ratio(cpu.cpu_us, window_msgs as f64);
-        println!("server CPU {:.1}%, {per_msg:.2} us per message", cpu.pct);
+        let sys_per_msg = ratio(cpu.sys_us, window_msgs as f64);
+        println!(
+            "server CPU {:.1}%, {per_msg:.2} us per message ({:.2} user, {sys_per_msg:.2} kernel)",
+            cpu.pct,
+            per_msg - sys_per_msg
+        );
         res.fixed("server_cpu_pct", cpu.pct, 1).fixed("server_cpu_us_per_msg", per_msg, 3);
+        res.fixed("server_user_us_per_msg", per_msg - sys_per_msg, 3).fixed("server_sys_us_per_msg", sys_per_msg, 3);
     }
     if let Some(cpu) = cpu_window.load {
         println!("load generator CPU {:.1}%", cpu.pct);

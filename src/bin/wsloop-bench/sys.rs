@@ -12,6 +12,8 @@ use std::time::Instant;
 pub struct CpuSample {
     /// utime + stime, in clock ticks.
     pub ticks: u64,
+    /// stime alone (time in the kernel), in clock ticks.
+    pub sys_ticks: u64,
     pub at: Instant,
 }
 
@@ -19,7 +21,8 @@ impl CpuSample {
     /// Samples `/proc/<pid>/stat` (`pid` may be `"self"`).
     pub fn take(pid: &str) -> Option<CpuSample> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Some(CpuSample { ticks: parse_stat_cpu_ticks(&stat)?, at: Instant::now() })
+        let (utime, stime) = parse_stat_cpu_ticks(&stat)?;
+        Some(CpuSample { ticks: utime + stime, sys_ticks: stime, at: Instant::now() })
     }
 }
 
@@ -30,26 +33,34 @@ pub struct CpuUse {
     pub pct: f64,
     /// CPU time in microseconds.
     pub cpu_us: f64,
+    /// The part of `cpu_us` spent in the kernel (system calls, and on loopback the
+    /// peer's TCP receive path, which runs in the sender's system call).
+    pub sys_us: f64,
 }
 
 impl CpuUse {
     pub fn between(a: CpuSample, b: CpuSample, ticks_per_s: u64) -> CpuUse {
         let cpu_s = b.ticks.saturating_sub(a.ticks) as f64 / ticks_per_s.max(1) as f64;
+        let sys_s = b.sys_ticks.saturating_sub(a.sys_ticks) as f64 / ticks_per_s.max(1) as f64;
         let wall_s = b.at.duration_since(a.at).as_secs_f64();
-        CpuUse { pct: if wall_s > 0.0 { 100.0 * cpu_s / wall_s } else { 0.0 }, cpu_us: cpu_s * 1e6 }
+        CpuUse {
+            pct: if wall_s > 0.0 { 100.0 * cpu_s / wall_s } else { 0.0 },
+            cpu_us: cpu_s * 1e6,
+            sys_us: sys_s * 1e6,
+        }
     }
 }
 
-/// utime + stime (fields 14 and 15) from the text of `/proc/<pid>/stat`. The command
+/// utime and stime (fields 14 and 15) from the text of `/proc/<pid>/stat`. The command
 /// name (field 2) may contain spaces and parentheses, so fields are counted from the
 /// last `)`.
-pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     // Field 3 (state) is the first one after the command name.
     let mut fields = after_comm.split_ascii_whitespace().skip(14 - 3);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// The `VmRSS` line of `/proc/<pid>/status`, in kB.
@@ -127,7 +138,7 @@ mod tests {
         let stat = "4242 (tt (echo) 1) S 1 4242 4242 0 -1 4194560 1530 0 0 0 1234 567 0 0 20 0 \
                     9 0 123456 1234567 890 18446744073709551615 1 1 0 0 0 0 0 4096 17664 0 0 0 17 \
                     1 0 0 0 0 0";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(parse_stat_cpu_ticks(stat), Some((1234, 567)));
     }
 
     #[test]
@@ -155,10 +166,11 @@ mod tests {
     #[test]
     fn cpu_use_arithmetic() {
         let t0 = Instant::now();
-        let a = CpuSample { ticks: 100, at: t0 };
-        let b = CpuSample { ticks: 150, at: t0 + Duration::from_secs(1) };
+        let a = CpuSample { ticks: 100, sys_ticks: 60, at: t0 };
+        let b = CpuSample { ticks: 150, sys_ticks: 90, at: t0 + Duration::from_secs(1) };
         let u = CpuUse::between(a, b, 100);
         assert!((u.pct - 50.0).abs() < 1e-9);
         assert!((u.cpu_us - 500_000.0).abs() < 1e-6);
+        assert!((u.sys_us - 300_000.0).abs() < 1e-6);
     }
 }
