@@ -10,7 +10,7 @@ use crate::proto::Request;
 pub struct Echo;
 
 impl Handler for Echo {
-    #[inline]
+    #[inline(always)]
     fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
         // The server's backpressure policy decides what a full queue means; under the
         // default PauseReading the queue stays bounded, so the status needs no action.

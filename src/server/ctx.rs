@@ -387,7 +387,7 @@ impl Connection<'_> {
 
     /// Queues a message. Output is written at the end of the loop turn, coalesced with
     /// everything else queued for this socket.
-    #[inline]
+    #[inline(always)]
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
         match msg {
             Message::Text(s) => self.ctx.send_frame(self.core, self.key, OpCode::Text, s.as_bytes()),

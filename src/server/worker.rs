@@ -615,13 +615,35 @@ impl<H: Handler> Worker<H> {
         self.work = work;
     }
 
+    /// Writes what the connection has queued and deals with the outcome.
+    #[inline(always)]
     fn flush(&mut self, key: u32) {
-        let Worker { conns, ctx, handler, poll, .. } = self;
+        let Worker { conns, ctx, .. } = self;
         let Some(conn) = conns.get_mut(key as usize) else {
             return;
         };
         let core = &mut conn.core;
         let res = core.out.flush(&mut ctx.wpool, &mut Sock(&core.stream));
+        if let Ok((n, Flushed::Empty)) = res {
+            // The usual outcome: all written by an open connection that was neither
+            // waiting for POLLOUT nor over its cap, so nothing changes state.
+            if core.phase == Phase::Open && !core.has(flag::WRITE_INTEREST | flag::OVER_CAP | flag::READ_PAUSED) {
+                ctx.metrics.bytes_out.add(n as u64);
+                return;
+            }
+        }
+        self.flushed(key, res);
+    }
+
+    /// The outcome of a flush other than the usual one: errors, a socket that would
+    /// block, draining after backpressure, finishing a close.
+    #[inline(never)]
+    fn flushed(&mut self, key: u32, res: io::Result<(usize, Flushed)>) {
+        let Worker { conns, ctx, handler, poll, .. } = self;
+        let Some(conn) = conns.get_mut(key as usize) else {
+            return;
+        };
+        let core = &mut conn.core;
         match res {
             Err(e) => {
                 log::debug!("write: {e}");
