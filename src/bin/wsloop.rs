@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 use wsloop::auth::{Alg, JwtVerifier, OriginPolicy};
-use wsloop::server::{BackpressurePolicy, Config, Echo, Rooms, Server};
+use wsloop::server::{AcceptMode, BackpressurePolicy, Config, Echo, Rooms, Server};
 
 const USAGE: &str = "\
 usage: wsloop <echo|rooms> [options]
@@ -14,6 +14,8 @@ usage: wsloop <echo|rooms> [options]
 options:
   --listen ADDR              address to listen on (default 127.0.0.1:9001)
   --workers N                worker threads (default: number of cores)
+  --accept MODE              handoff (one acceptor hands connections out in turn) |
+                             reuseport (a listener per worker, kernel-spread) (default handoff)
   --max-message BYTES        largest message (default 16777216)
   --max-backpressure BYTES   outgoing bytes buffered per connection (default 1048576)
   --backpressure POLICY      pause | drop | close (default: pause for echo, drop for rooms)
@@ -93,6 +95,13 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         match flag {
             "--listen" => listen = value()?,
             "--workers" => cfg.workers = parse_num(flag, &value()?)?,
+            "--accept" => {
+                cfg.accept_mode = match value()?.as_str() {
+                    "reuseport" => AcceptMode::ReusePort,
+                    "handoff" => AcceptMode::Handoff,
+                    other => return Err(format!("--accept: expected reuseport or handoff, got {other}")),
+                }
+            }
             "--max-message" => cfg.max_message = parse_num(flag, &value()?)?,
             "--max-backpressure" => cfg.max_backpressure = parse_num(flag, &value()?)?,
             "--backpressure" => {
@@ -361,6 +370,10 @@ mod tests {
         assert_eq!(a.cfg.ping_interval, Duration::from_millis(500));
         assert_eq!(a.cfg.idle_timeout, Duration::from_secs(2));
         assert!(args("echo --workers x").is_err());
+        assert_eq!(args("echo --accept handoff").unwrap().cfg.accept_mode, AcceptMode::Handoff);
+        assert_eq!(args("echo").unwrap().cfg.accept_mode, AcceptMode::Handoff);
+        assert_eq!(args("echo --accept reuseport").unwrap().cfg.accept_mode, AcceptMode::ReusePort);
+        assert!(args("echo --accept round-robin").is_err());
         assert!(args("echo --nope 1").is_err());
         assert!(args("echo --idle-timeout -1").is_err());
         assert!(args("serve").is_err());

@@ -257,13 +257,18 @@ pub fn render(shared: &Shared) -> String {
     for (i, m) in ws.iter().enumerate() {
         let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {}", m.loop_iterations.get());
     }
+    let n = "wsloop_worker_connections_accepted_total";
+    family(o, n, "counter", "TCP connections taken on, per worker (how evenly accepting spreads them).");
+    for (i, m) in ws.iter().enumerate() {
+        let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {}", m.accepted.get());
+    }
     let n = "wsloop_worker_busy_seconds_total";
     family(o, n, "counter", "Time the event loop spent working, per worker.");
     for (i, m) in ws.iter().enumerate() {
         let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {:.6}", m.loop_busy_ns.get() as f64 / 1e9);
     }
     let n = "wsloop_message_handling_seconds";
-    family(o, n, "histogram", "Time to decode and handle one message (per read batch, averaged over its messages; batches of one loop turn in 16 are sampled).");
+    family(o, n, "histogram", "Time to decode and handle one message (per read batch, averaged over its messages; batches of one loop turn in 64 are sampled).");
     let mut cumulative = 0u64;
     for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
         cumulative += sum(&|m| m.handle_latency[i].get());

@@ -22,11 +22,31 @@ pub enum BackpressurePolicy {
     PauseReading,
 }
 
+/// How accepted connections are spread over the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptMode {
+    /// One SO_REUSEPORT listener per worker; the kernel picks a worker by hashing each
+    /// connection's addresses. No hand-over, no cross-thread traffic per connection,
+    /// and accepting scales with the workers; but the spread is statistical (1 and 4 of
+    /// 5 connections on two workers in our runs), and a busy worker still gets its share.
+    ReusePort,
+    /// One listener on the first worker, which hands each accepted socket to the
+    /// workers in turn through their inbox and waker: an exact round robin, at the
+    /// cost of a channel send and a wake-up per connection. The default: on this
+    /// project's 2-core measurements it connected as fast or faster (32-35k against
+    /// 29-32k connections/s, the load generator being the limit) and echoed at the same
+    /// rate. Its ceiling is one thread's accept rate, which `ReusePort` does not have.
+    Handoff,
+}
+
 /// Server configuration. `Config::default()` is what `wsloop echo` runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Worker threads, each with its own event loop (default: number of cores).
     pub workers: usize,
+    /// How connections are spread over the workers (default `Handoff`; see
+    /// [`AcceptMode`] and the README's measurements).
+    pub accept_mode: AcceptMode,
     /// Largest message, over all its fragments (default 16 MiB). Over it: close 1009.
     pub max_message: usize,
     /// Most fragments in one message (default 100,000). Over it: close 1009.
@@ -89,6 +109,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            accept_mode: AcceptMode::Handoff,
             max_message: 16 << 20,
             max_fragments: 100_000,
             max_backpressure: 1 << 20,

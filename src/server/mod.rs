@@ -35,7 +35,7 @@ mod worker;
 
 pub use apps::{room_of, Echo, Rooms};
 pub use bridge::Bridge;
-pub use config::{BackpressurePolicy, Config};
+pub use config::{AcceptMode, BackpressurePolicy, Config};
 pub use ctx::Connection;
 pub use handler::{Accept, ConnId, Handler, Message, Reject, SendStatus};
 pub use pubsub::{Publisher, WeakPublisher};
@@ -53,7 +53,7 @@ use std::thread::JoinHandle;
 /// A bound, not yet running server.
 pub struct Server {
     shared: Arc<Shared>,
-    parts: Vec<(mio::Poll, mio::net::TcpListener, Receiver<Cmd>)>,
+    parts: Vec<(mio::Poll, Option<mio::net::TcpListener>, Receiver<Cmd>)>,
     admin: Option<std::net::TcpListener>,
 }
 
@@ -69,13 +69,13 @@ pub struct Running {
     threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
-fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     // One listener per worker on the same port: the kernel spreads connections over
     // them by 4-tuple hash, so no acceptor thread and no hand-over queue are needed.
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
@@ -83,29 +83,30 @@ fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 impl Server {
-    /// Binds one SO_REUSEPORT listener per worker on `addr` (port 0 picks a free port
-    /// shared by all workers).
+    /// Binds `addr` (port 0 picks a free port): with [`AcceptMode::Handoff`] (the
+    /// default) one listener for the first worker to accept on and deal connections
+    /// out from, with [`AcceptMode::ReusePort`] one SO_REUSEPORT listener per worker.
     pub fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Server> {
         let cfg = config.sanitized();
         let addr = addr
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
-        let first = listener(addr)?;
+        let reuse_port = cfg.accept_mode == AcceptMode::ReusePort;
+        let first = listener(addr, reuse_port)?;
         let local_addr = first.local_addr()?;
-        let mut std_listeners = vec![first];
+        let mut std_listeners = vec![Some(first)];
         for _ in 1..cfg.workers {
-            std_listeners.push(listener(local_addr)?);
+            std_listeners.push(if reuse_port { Some(listener(local_addr, true)?) } else { None });
         }
         let mut links = Vec::new();
         let mut parts = Vec::new();
-        for (i, l) in std_listeners.into_iter().enumerate() {
+        for l in std_listeners {
             let poll = mio::Poll::new()?;
             let waker = mio::Waker::new(poll.registry(), worker::WAKER)?;
             let (tx, rx) = channel();
             links.push(WorkerLink { tx, waker, metrics: Arc::new(WorkerMetrics::default()) });
-            parts.push((poll, mio::net::TcpListener::from_std(l), rx));
-            let _ = i;
+            parts.push((poll, l.map(mio::net::TcpListener::from_std), rx));
         }
         let shared = Arc::new(Shared {
             cfg,

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 pub(crate) enum Cmd {
     /// Deliver a framed message to the worker's subscribers of `topic`.
     Publish { topic: Arc<str>, frame: Arc<[u8]> },
+    /// Take over a connection the accepting worker handed out (`AcceptMode::Handoff`).
+    Adopt { stream: mio::net::TcpStream, ip: IpAddr },
     /// Stop accepting, close every client with 1001, exit when drained.
     Shutdown,
     /// Exit now.

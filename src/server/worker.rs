@@ -2,6 +2,7 @@
 //! driver around the sans-IO core: read into the ring, decode, call the handler, flush.
 
 use super::admin::Admin;
+use super::config::AcceptMode;
 use super::conn::{flag, Conn, Core, Flushed, Phase};
 use super::ctx::Claims;
 use super::ctx::{Connection, Ctx, TimerEvent, NO_CONN};
@@ -40,6 +41,8 @@ pub(crate) struct Worker<H: Handler> {
     poll: Poll,
     admin: Option<Admin>,
     listener: Option<TcpListener>,
+    /// With `AcceptMode::Handoff`: the worker the next accepted connection goes to.
+    next_worker: usize,
     inbox: Receiver<Cmd>,
     conns: Slab<Conn>,
     handler: H,
@@ -64,13 +67,15 @@ impl<H: Handler> Worker<H> {
     pub fn new(
         id: usize,
         poll: Poll,
-        mut listener: TcpListener,
+        mut listener: Option<TcpListener>,
         inbox: Receiver<Cmd>,
         shared: Arc<Shared>,
         handler: H,
         admin: Option<TcpListener>,
     ) -> io::Result<Self> {
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(l) = listener.as_mut() {
+            poll.registry().register(l, LISTENER, Interest::READABLE)?;
+        }
         let mut ctx = Ctx::new(id, shared);
         let scratch = ctx.rpool.take();
         let admin = match admin {
@@ -80,7 +85,8 @@ impl<H: Handler> Worker<H> {
         Ok(Worker {
             admin,
             poll,
-            listener: Some(listener),
+            listener,
+            next_worker: 0,
             inbox,
             conns: Slab::new(),
             handler,
@@ -237,10 +243,7 @@ impl<H: Handler> Worker<H> {
                 return;
             };
             match listener.accept() {
-                Ok((stream, addr)) => {
-                    self.ctx.metrics.accepted.inc();
-                    self.add_conn(stream, addr.ip());
-                }
+                Ok((stream, addr)) => self.dispatch(stream, addr.ip()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
@@ -262,6 +265,32 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.accept_more = true;
+    }
+
+    /// Serves an accepted connection here, or with `AcceptMode::Handoff` on the next
+    /// worker in turn.
+    fn dispatch(&mut self, stream: mio::net::TcpStream, ip: std::net::IpAddr) {
+        let n = self.ctx.shared.workers.len();
+        if self.ctx.cfg.accept_mode == AcceptMode::Handoff && n > 1 {
+            let target = self.next_worker % n;
+            self.next_worker = (target + 1) % n;
+            if target != self.ctx.id {
+                self.ctx.shared.workers[target].send(Cmd::Adopt { stream, ip });
+                return;
+            }
+        }
+        self.adopt(stream, ip);
+    }
+
+    /// Takes on an accepted connection (counted in this worker's `accepted`).
+    fn adopt(&mut self, stream: mio::net::TcpStream, ip: std::net::IpAddr) {
+        if self.drain_deadline.is_some() {
+            // Handed over while this worker began to drain: refuse by closing.
+            self.ctx.metrics.reject(RejectReason::Draining);
+            return;
+        }
+        self.ctx.metrics.accepted.inc();
+        self.add_conn(stream, ip);
     }
 
     fn add_conn(&mut self, mut stream: mio::net::TcpStream, ip: std::net::IpAddr) {
@@ -846,6 +875,7 @@ impl<H: Handler> Worker<H> {
         for _ in 0..MAX_INBOX_PER_TURN {
             match self.inbox.try_recv() {
                 Ok(Cmd::Publish { topic, frame }) => self.deliver(&topic, &frame),
+                Ok(Cmd::Adopt { stream, ip }) => self.adopt(stream, ip),
                 Ok(Cmd::Shutdown) => self.begin_drain(),
                 Ok(Cmd::Stop) => self.stop = true,
                 Err(TryRecvError::Empty) => return,
