@@ -135,6 +135,10 @@ impl<H: Handler> Worker<H> {
                         if ev.is_readable() || hup {
                             self.read(key, hup);
                         }
+                        // From here on, output this connection queues (reading resumed
+                        // by the flush below) must go on the dirty list: nothing else
+                        // would flush it this turn.
+                        self.ctx.current = NO_CONN;
                         // Flush what the read produced now, while the ring is hot and
                         // before the next connection takes one from the pool: echo
                         // then needs one write ring per worker, not one per event.
@@ -144,7 +148,6 @@ impl<H: Handler> Worker<H> {
                                 self.flush(key);
                             }
                         }
-                        self.ctx.current = NO_CONN;
                     }
                 }
             }
@@ -160,7 +163,10 @@ impl<H: Handler> Worker<H> {
     /// How long the poll may sleep: until the earliest of the next timer tick, the end
     /// of the broadcast coalescing window, accept resumption and the drain deadline.
     fn poll_timeout(&mut self, now: u64) -> Option<Duration> {
-        if self.accept_more || !self.ctx.local_pubs.is_empty() {
+        // Work left for the next turn (output queued by a connection whose reading
+        // resumed during this turn's flushes, more to accept, local publishes): look at
+        // the sockets and come straight back.
+        if self.accept_more || !self.ctx.local_pubs.is_empty() || !self.ctx.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut at = u64::MAX;
