@@ -423,3 +423,60 @@ fn paused_reading_resumes_without_losing_or_reordering_messages() {
     sender.join().unwrap();
     assert!(total(&server, |m| m.backpressure_events.get()) >= 1, "reading never paused");
 }
+
+/// Frames cut into TCP writes of random sizes (so reads end at every offset of a
+/// header or payload, and the read ring changes hands between the worker and the
+/// connection), some larger than a read ring: every echo comes back whole and in order.
+#[test]
+fn frames_split_at_random_points_echo_intact() {
+    const N: u32 = 2_000;
+    let server = TestServer::echo(Config { workers: 1, ..Config::default() });
+    let mut reader = raw_peer::connect(server.addr, IO_TIMEOUT);
+    let mut writer = reader.try_clone().unwrap();
+    writer.set_nodelay(true).unwrap();
+    // A fixed xorshift sequence: the same cuts on every run.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut sizes = Vec::new();
+    let mut stream = Vec::new();
+    for i in 0..N {
+        let len = match next() % 100 {
+            0 => 20_000 + (next() % 5_000) as usize, // over the 16 KiB ring
+            1..=9 => 126 + (next() % 1_000) as usize,
+            _ => (next() % 126) as usize,
+        };
+        let mut p = vec![(i % 251) as u8; len];
+        if len >= 4 {
+            p[..4].copy_from_slice(&i.to_be_bytes());
+        }
+        stream.extend_from_slice(&raw_peer::frame(true, OP_BINARY, &p));
+        sizes.push(p);
+    }
+    let cuts: Vec<usize> = (0..stream.len()).map(|_| 1 + (next() % 700) as usize).collect();
+    let sender = std::thread::spawn(move || {
+        let (mut at, mut k) = (0, 0);
+        while at < stream.len() {
+            let end = (at + cuts[k]).min(stream.len());
+            writer.write_all(&stream[at..end]).unwrap();
+            if k % 16 == 0 {
+                // Let the server read what it has, so the next bytes come in a new read.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            at = end;
+            k += 1;
+        }
+    });
+    let mut buf = vec![0u8; 32 << 10];
+    for (i, want) in sizes.iter().enumerate() {
+        let (fin, op, n) =
+            raw_peer::read_frame(&mut reader, &mut buf).unwrap_or_else(|e| panic!("echo {i} of {N}: {e}"));
+        assert!(fin && op == OP_BINARY, "message {i}: fin {fin} opcode {op}");
+        assert_eq!(&buf[..n], &want[..], "message {i} ({} bytes)", want.len());
+    }
+    sender.join().unwrap();
+}
