@@ -429,22 +429,41 @@ fn paused_reading_resumes_without_losing_or_reordering_messages() {
 /// connection), some larger than a read ring: every echo comes back whole and in order.
 #[test]
 fn frames_split_at_random_points_echo_intact() {
-    const N: u32 = 2_000;
     let server = TestServer::echo(Config { workers: 1, ..Config::default() });
-    let mut reader = raw_peer::connect(server.addr, IO_TIMEOUT);
+    split_stream_client(server.addr, 1, 2_000);
+}
+
+/// The same from several clients at once on two workers (connections handed from the
+/// accepting worker to the other), with a small cap so reading pauses and resumes.
+#[test]
+fn concurrent_split_streams_with_pauses_echo_intact() {
+    let cfg = Config { workers: 2, max_backpressure: 8 << 10, ..Config::default() };
+    let server = TestServer::echo(cfg);
+    let addr = server.addr;
+    let clients: Vec<_> =
+        (0..6u64).map(|seed| std::thread::spawn(move || split_stream_client(addr, seed + 1, 600))).collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    assert!(total(&server, |m| m.backpressure_events.get()) >= 1, "reading never paused");
+}
+
+/// Sends `n` frames cut at pseudo-random points (fixed by `seed`) and checks every echo.
+fn split_stream_client(addr: std::net::SocketAddr, seed: u64, n: u32) {
+    let mut reader = raw_peer::connect(addr, IO_TIMEOUT);
     let mut writer = reader.try_clone().unwrap();
     writer.set_nodelay(true).unwrap();
-    // A fixed xorshift sequence: the same cuts on every run.
-    let mut x = 0x2545_f491_4f6c_dd1du64;
+    // xorshift: the same cuts on every run.
+    let mut x = 0x2545_f491_4f6c_dd1du64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut next = move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         x
     };
-    let mut sizes = Vec::new();
+    let mut sent = Vec::new();
     let mut stream = Vec::new();
-    for i in 0..N {
+    for i in 0..n {
         let len = match next() % 100 {
             0 => 20_000 + (next() % 5_000) as usize, // over the 16 KiB ring
             1..=9 => 126 + (next() % 1_000) as usize,
@@ -455,7 +474,7 @@ fn frames_split_at_random_points_echo_intact() {
             p[..4].copy_from_slice(&i.to_be_bytes());
         }
         stream.extend_from_slice(&raw_peer::frame(true, OP_BINARY, &p));
-        sizes.push(p);
+        sent.push(p);
     }
     let cuts: Vec<usize> = (0..stream.len()).map(|_| 1 + (next() % 700) as usize).collect();
     let sender = std::thread::spawn(move || {
@@ -472,11 +491,11 @@ fn frames_split_at_random_points_echo_intact() {
         }
     });
     let mut buf = vec![0u8; 32 << 10];
-    for (i, want) in sizes.iter().enumerate() {
-        let (fin, op, n) =
-            raw_peer::read_frame(&mut reader, &mut buf).unwrap_or_else(|e| panic!("echo {i} of {N}: {e}"));
-        assert!(fin && op == OP_BINARY, "message {i}: fin {fin} opcode {op}");
-        assert_eq!(&buf[..n], &want[..], "message {i} ({} bytes)", want.len());
+    for (i, want) in sent.iter().enumerate() {
+        let (fin, op, len) = raw_peer::read_frame(&mut reader, &mut buf)
+            .unwrap_or_else(|e| panic!("client {seed}: echo {i} of {n}: {e}"));
+        assert!(fin && op == OP_BINARY, "client {seed}: message {i}: fin {fin} opcode {op}");
+        assert_eq!(&buf[..len], &want[..], "client {seed}: message {i} ({} bytes)", want.len());
     }
     sender.join().unwrap();
 }
