@@ -191,19 +191,20 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 ECHO_SERVERS="wsloop gorilla tt"
 [ "$HAVE_FWS" = 1 ] && ECHO_SERVERS+=" fws"
 BCAST_SERVERS="wsloop gorilla tt"
-ECHO_POINTS="echo-1x32:1:32 echo-100x32:100:32 echo-1000x32:1000:32 echo-100x4k:100:4096"
+# point:conns:size[:inflight] (messages in flight per connection; 1 when left out)
+ECHO_POINTS="echo-1x32:1:32 echo-100x32:100:32 echo-1000x32:1000:32 echo-100x4k:100:4096 echo-100x32p16:100:32:16"
 ECHO_LIMIT=$(awk -v d="$ECHO_SECS" -v w="$WARMUP_SECS" 'BEGIN {printf "%d", d + w + 25}')
 BCAST_LIMIT=$(awk -v d="$BCAST_SECS" -v w="$WARMUP_SECS" 'BEGIN {printf "%d", d + w + 30}')
 
 for run in $(seq "$RUNS"); do
     log "=== run $run/$RUNS"
     for pt in $ECHO_POINTS; do
-        IFS=: read -r point conns size <<<"$pt"
+        IFS=: read -r point conns size inflight <<<"$pt"
         for s in $ECHO_SERVERS; do
             start_server "$s" echo || continue
             run_bench "$point" "$s" "$ECHO_LIMIT" msgs_per_s p99_us server_cpu_us_per_msg server_cpu_pct load_cpu_pct \
                 server_user_us_per_msg server_sys_us_per_msg -- \
-                echo --url "ws://127.0.0.1:$PORT/" --conns "$conns" --size "$size" \
+                echo --url "ws://127.0.0.1:$PORT/" --conns "$conns" --size "$size" --inflight "${inflight:-1}" \
                 --duration "$ECHO_SECS" --warmup "$WARMUP_SECS"
             stop_server
         done
@@ -258,7 +259,7 @@ export LC_NUMERIC=C
     echo
     echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), Linux $(uname -r);"
     echo "server pinned to CPU $SERVER_CPU, wsloop-bench to CPU $LOAD_CPU (1 generator thread); wsloop with --workers 1."
-    echo "Echo ${ECHO_SECS} s after ${WARMUP_SECS} s warmup, one message in flight per connection; idle hold ${IDLE_HOLD} s;"
+    echo "Echo ${ECHO_SECS} s after ${WARMUP_SECS} s warmup, one message in flight per connection unless a row says more; idle hold ${IDLE_HOLD} s;"
     echo "broadcast ${BCAST_SECS} s. Load average before/after: $LOAD_BEFORE / $LOAD_AFTER. Whole run: $((ELAPSED / 60)) min $((ELAPSED % 60)) s."
     echo "Ratios are wsloop/peer: above 1 is better for msgs/s and deliveries/s, below 1 is better for p99, CPU and memory."
     echo
@@ -267,8 +268,9 @@ export LC_NUMERIC=C
     echo "| test | server | msgs/s | p99 µs | CPU µs/msg | of it user | of it kernel | server CPU % | wsloop/peer msgs/s | wsloop/peer CPU/msg |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for pt in $ECHO_POINTS; do
-        IFS=: read -r point conns size <<<"$pt"
+        IFS=: read -r point conns size inflight <<<"$pt"
         sz=$size; [ "$size" = 4096 ] && sz=4KiB; [ "$size" = 32 ] && sz="32 B"
+        [ -n "$inflight" ] && sz="$sz, $inflight in flight"
         wm=$(median "$point" wsloop msgs_per_s); wc=$(median "$point" wsloop server_cpu_us_per_msg)
         for s in $ECHO_SERVERS; do
             m=$(median "$point" "$s" msgs_per_s); p=$(median "$point" "$s" p99_us)
