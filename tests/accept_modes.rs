@@ -5,9 +5,17 @@ mod common;
 
 use common::{open_fds, wait_until, TestServer};
 use std::net::TcpStream;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tungstenite::{Message, WebSocket};
 use wsloop::server::{AcceptMode, Config};
+
+/// The tests in this file run one at a time: the descriptor count checked by one must
+/// not see the sockets of another.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 const WORKERS: usize = 3;
 const CLIENTS: usize = 60;
@@ -46,12 +54,14 @@ fn serve_clients(mode: AcceptMode) -> Vec<u64> {
 
 #[test]
 fn handoff_deals_connections_out_in_turn() {
+    let _g = serial();
     let per_worker = serve_clients(AcceptMode::Handoff);
     assert_eq!(per_worker, vec![(CLIENTS / WORKERS) as u64; WORKERS], "exact round robin");
 }
 
 #[test]
 fn reuseport_serves_every_client() {
+    let _g = serial();
     let per_worker = serve_clients(AcceptMode::ReusePort);
     assert_eq!(per_worker.len(), WORKERS);
 }
@@ -60,6 +70,7 @@ fn reuseport_serves_every_client() {
 /// inbox, not leaked.
 #[test]
 fn handoff_during_stop_leaks_no_socket() {
+    let _g = serial();
     let before = open_fds();
     for _ in 0..5 {
         let cfg = Config { workers: WORKERS, accept_mode: AcceptMode::Handoff, ..Config::default() };
