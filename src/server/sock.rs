@@ -111,8 +111,10 @@ mod tests {
         assert_eq!(s.read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
 
         client.write_all(b"hello world").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut got = Vec::new();
         while got.len() < 11 {
+            assert!(std::time::Instant::now() < deadline, "data did not arrive");
             let (a, b) = buf.split_at_mut(5);
             match s.read_vectored(&mut [IoSliceMut::new(a), IoSliceMut::new(b)]) {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -130,6 +132,7 @@ mod tests {
 
         drop(client);
         let eof = loop {
+            assert!(std::time::Instant::now() < deadline, "end of stream did not arrive");
             match s.read(&mut buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
                 r => break r.unwrap(),
