@@ -131,21 +131,6 @@ impl Ring {
         n1 + n2
     }
 
-    /// Appends `a` then `b` when both fit at the tail without wrapping; false (nothing
-    /// written) otherwise. The hot path of queueing a frame: header and payload.
-    #[inline]
-    pub fn push_pair(&mut self, a: &[u8], b: &[u8]) -> bool {
-        let end = self.h() + self.l();
-        let n = a.len() + b.len();
-        if end + n > self.buf.len() {
-            return false;
-        }
-        self.buf[end..end + a.len()].copy_from_slice(a);
-        self.buf[end + a.len()..end + n].copy_from_slice(b);
-        self.len += n as u32;
-        true
-    }
-
     /// Appends a frame: the first `hlen` bytes of `header`, then `payload`, when the
     /// whole ten-byte header array and the payload fit at the tail without wrapping;
     /// false (nothing written) otherwise. The header goes in as one fixed-size store

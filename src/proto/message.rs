@@ -225,11 +225,6 @@ impl Decoder {
         input: &'a mut [u8],
         cfg: &DecoderConfig,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
-        if self.msg.is_none() {
-            if let Some(len) = small_frame(input, cfg) {
-                return small_message(input, len);
-            }
-        }
         let (hdr, hlen) = match FrameHeader::parse(input, cfg.role, 0)? {
             Parsed::Complete(h, n) => (h, n),
             Parsed::NeedMore => return Ok((0, None)),

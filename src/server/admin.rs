@@ -252,21 +252,24 @@ pub fn render(shared: &Shared) -> String {
         "Connections closed for exceeding max_msg_rate.",
         sum(&|m| m.rate_limited.get()),
     );
-    let n = "wsloop_worker_loop_iterations_total";
-    family(o, n, "counter", "Event loop iterations, per worker.");
-    for (i, m) in ws.iter().enumerate() {
-        let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {}", m.loop_iterations.get());
-    }
-    let n = "wsloop_worker_connections_accepted_total";
-    family(o, n, "counter", "TCP connections taken on, per worker (how evenly accepting spreads them).");
-    for (i, m) in ws.iter().enumerate() {
-        let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {}", m.accepted.get());
-    }
-    let n = "wsloop_worker_busy_seconds_total";
-    family(o, n, "counter", "Time the event loop spent working, per worker.");
-    for (i, m) in ws.iter().enumerate() {
-        let _ = writeln!(o, "{n}{{worker=\"{i}\"}} {:.6}", m.loop_busy_ns.get() as f64 / 1e9);
-    }
+    let per_worker = |o: &mut String, name: &str, help: &str, v: &dyn Fn(&WorkerMetrics) -> String| {
+        family(o, name, "counter", help);
+        for (i, m) in ws.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{worker=\"{i}\"}} {}", v(m));
+        }
+    };
+    per_worker(o, "wsloop_worker_loop_iterations_total", "Event loop iterations, per worker.", &|m| {
+        m.loop_iterations.get().to_string()
+    });
+    per_worker(
+        o,
+        "wsloop_worker_connections_accepted_total",
+        "TCP connections taken on, per worker (how evenly accepting spreads them).",
+        &|m| m.accepted.get().to_string(),
+    );
+    per_worker(o, "wsloop_worker_busy_seconds_total", "Time the event loop spent working, per worker.", &|m| {
+        format!("{:.6}", m.loop_busy_ns.get() as f64 / 1e9)
+    });
     let n = "wsloop_message_handling_seconds";
     family(o, n, "histogram", "Time to decode and handle one message (per read batch, averaged over its messages; batches of one loop turn in 64 are sampled).");
     let mut cumulative = 0u64;

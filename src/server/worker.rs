@@ -117,8 +117,7 @@ impl<H: Handler> Worker<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let busy = self.ctx.clock_ns();
-            self.ctx.set_now(busy);
+            self.ctx.set_now(self.ctx.clock_ns());
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -151,7 +150,7 @@ impl<H: Handler> Worker<H> {
                     }
                 }
             }
-            now = self.after_events(busy);
+            now = self.after_events();
             if self.stop {
                 break;
             }
@@ -191,11 +190,11 @@ impl<H: Handler> Worker<H> {
 
     /// Everything that runs once per loop turn after the events: local publishes,
     /// timers, flushes, accept resumption, drain progress, metrics.
-    /// `busy`: when this turn's work began (the time its checks use). Returns when it
+    /// Its checks use the time the turn's work began (`ctx.now_ns`). Returns when it
     /// ended.
-    fn after_events(&mut self, busy: u64) -> u64 {
+    fn after_events(&mut self) -> u64 {
         self.deliver_local_pubs();
-        let now = busy;
+        let now = self.ctx.now_ns;
         if self.accept_more || self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
             self.accept();
@@ -229,7 +228,7 @@ impl<H: Handler> Worker<H> {
         let end = self.ctx.clock_ns();
         let m = &self.ctx.metrics;
         m.loop_iterations.inc();
-        m.loop_busy_ns.add(end.saturating_sub(busy));
+        m.loop_busy_ns.add(end.saturating_sub(now));
         end
     }
 
