@@ -1,6 +1,8 @@
 //! wsloop: a WebSocket server for very many connections on small machines.
 //!
 //! - [`proto`]: the sans-IO RFC 6455 core (handshake, frame codec, message assembly).
+//! - [`session`]: one connection's life as a sans-IO state machine (phase, close
+//!   handshake, deadlines, backpressure), driven by bytes and ticks.
 //! - [`server`]: worker threads, each one mio event loop, pooled ring buffers,
 //!   backpressure, timers, topics.
 //! - [`buf`]: the fixed-capacity ring buffers and their pool.
@@ -15,6 +17,7 @@ pub mod proto;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod server;
+pub mod session;
 
 pub use proto::CloseCode;
 pub use server::{Config, Connection, Handle, Handler, Message, Server};

@@ -71,15 +71,17 @@ struct WhoAmI {
 }
 
 impl Handler for WhoAmI {
-    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r>, Reject> {
+    type State = ();
+
+    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
         self.opens.fetch_add(1, Ordering::SeqCst);
         let sub = conn.claims().and_then(|c| c.sub.clone()).unwrap_or_else(|| "<no claims>".into());
         let _ = conn.send_text(&sub);
         let protocol = if self.naive { req.protocols().next() } else { req.protocols().find(|p| *p == "chat") };
-        Ok(Accept { protocol })
+        Ok(Accept { protocol, state: () })
     }
 
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: wsloop::Message<'_>) {
+    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: wsloop::Message<'_>) {
         let _ = conn.send(msg);
     }
 }

@@ -26,11 +26,13 @@ struct Topics {
 }
 
 impl Handler for Topics {
+    type State = ();
+
     fn on_open<'r>(
         &mut self,
         conn: &mut Connection<'_>,
         req: &wsloop::proto::Request<'_, 'r>,
-    ) -> Result<wsloop::server::Accept<'r>, wsloop::server::Reject> {
+    ) -> Result<wsloop::server::Accept<'r, ()>, wsloop::server::Reject> {
         if let Some(topic) = req.path().strip_prefix("/sub/") {
             conn.subscribe(topic);
         }
@@ -38,7 +40,7 @@ impl Handler for Topics {
         Ok(Default::default())
     }
 
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
         let Message::Text(text) = msg else { return };
         let (cmd, rest) = text.split_once(' ').unwrap_or((text, ""));
         match cmd {

@@ -522,7 +522,13 @@ fn pings_due_in_the_same_tick_allocate_nothing() {
 struct CloseOnBye;
 
 impl Handler for CloseOnBye {
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+    type State = ();
+
+    fn on_open<'r>(&mut self, _: &mut Connection<'_>, _: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
+        Ok(Accept::new(()))
+    }
+
+    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
         if msg.as_bytes() == b"bye" {
             conn.close(CloseCode::NORMAL, "bye");
         } else {
@@ -569,7 +575,13 @@ fn answered_server_close_is_not_a_timeout() {
 struct Stuffer;
 
 impl Handler for Stuffer {
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+    type State = ();
+
+    fn on_open<'r>(&mut self, _: &mut Connection<'_>, _: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
+        Ok(Accept::new(()))
+    }
+
+    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
         if msg.as_bytes() == b"fill" {
             let _ = conn.send_binary(&vec![0u8; 16 << 20]);
         }
@@ -627,7 +639,9 @@ struct Timers {
 }
 
 impl Handler for Timers {
-    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r>, Reject> {
+    type State = ();
+
+    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
         if let Some(ms) = req.path().strip_prefix("/after/") {
             let ms: u64 = ms.parse().unwrap();
             conn.schedule(Duration::from_millis(ms), ms);
@@ -636,11 +650,11 @@ impl Handler for Timers {
         Ok(Accept::default())
     }
 
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
         let _ = conn.send(msg);
     }
 
-    fn on_timer(&mut self, conn: &mut Connection<'_>, token: u64) {
+    fn on_timer(&mut self, conn: &mut Connection<'_>, _: &mut (), token: u64) {
         let id = conn.id();
         let opened = self.opened.lock().unwrap();
         let at = opened.iter().find(|(c, _)| *c == id).expect("a timer for an opened connection").1;
@@ -706,7 +720,9 @@ struct Many {
 const MANY: usize = 10_000;
 
 impl Handler for Many {
-    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r>, Reject> {
+    type State = ();
+
+    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
         if req.path() == "/many" {
             for i in 0..MANY {
                 conn.schedule(Duration::from_millis(100), i as u64);
@@ -715,13 +731,13 @@ impl Handler for Many {
         Ok(Accept::default())
     }
 
-    fn on_message(&mut self, _conn: &mut Connection<'_>, msg: Message<'_>) {
+    fn on_message(&mut self, _conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
         if msg.as_bytes() == b"sleep" {
             std::thread::sleep(Duration::from_millis(150));
         }
     }
 
-    fn on_timer(&mut self, _conn: &mut Connection<'_>, _token: u64) {
+    fn on_timer(&mut self, _conn: &mut Connection<'_>, _: &mut (), _token: u64) {
         self.fired.fetch_add(1, Relaxed);
     }
 }

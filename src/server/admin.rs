@@ -1,51 +1,105 @@
 //! The admin listener: `GET /metrics` (Prometheus text exposition) and `GET /healthz`,
-//! served by worker 0's event loop. Off unless `Config::admin_listen` is set.
+//! on a small event loop of its own thread, so it answers while the workers drain and
+//! until the last of them exits. Off unless `Config::admin_listen` is set.
 
-use super::metrics::{
-    RejectReason, TimeoutKind, WorkerMetrics, CLOSE_CODES, HANDSHAKE_STATUSES, LATENCY_BUCKETS_US, OPCODES,
-};
+use super::gate::Refusal;
+use super::metrics::{TimeoutKind, WorkerMetrics, CLOSE_CODES, HANDSHAKE_STATUSES, LATENCY_BUCKETS_US, OPCODES};
 use super::shared::Shared;
+use crate::session::CloseCause;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// Tokens from here up belong to the admin listener and its connections.
-pub(crate) const ADMIN_BASE: usize = usize::MAX / 2;
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Connection tokens start here.
+const FIRST_CONN: usize = 2;
 
 /// Admin requests are tiny; anything longer is refused.
 const MAX_REQUEST: usize = 4096;
 const MAX_ADMIN_CONNS: usize = 64;
+/// A request (slow or idle) that is not complete and answered by then is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct AdminConn {
     stream: TcpStream,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     written: usize,
+    since: Instant,
 }
 
-pub(crate) struct Admin {
+struct Admin {
     listener: TcpListener,
     conns: Slab<AdminConn>,
 }
 
+/// The admin thread, stopped by [`AdminThread::stop`].
+pub(crate) struct AdminThread {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: JoinHandle<()>,
+}
+
+impl AdminThread {
+    /// Serves `listener` on a thread of its own until stopped.
+    pub fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result<AdminThread> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let admin = Admin { listener, conns: Slab::new() };
+        let flag = stop.clone();
+        let thread =
+            std::thread::Builder::new().name("wsloop-admin".into()).spawn(move || admin.run(poll, &shared, &flag))?;
+        Ok(AdminThread { stop, waker, thread })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        let _ = self.thread.join();
+    }
+}
+
 impl Admin {
-    pub fn new(mut listener: TcpListener, registry: &Registry) -> io::Result<Self> {
-        registry.register(&mut listener, Token(ADMIN_BASE), Interest::READABLE)?;
-        Ok(Admin { listener, conns: Slab::new() })
+    fn run(mut self, mut poll: Poll, shared: &Shared, stop: &AtomicBool) {
+        let mut events = Events::with_capacity(64);
+        while !stop.load(Ordering::SeqCst) {
+            let timeout = (!self.conns.is_empty()).then_some(Duration::from_secs(1));
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("admin listener: poll failed: {e}");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(poll.registry()),
+                    WAKER => {}
+                    Token(t) => self.drive(t - FIRST_CONN, poll.registry(), shared),
+                }
+            }
+            self.expire(poll.registry());
+        }
     }
 
-    pub fn owns(token: Token) -> bool {
-        token.0 >= ADMIN_BASE && token.0 < ADMIN_BASE + 1 + MAX_ADMIN_CONNS * 2
-    }
-
-    pub fn event(&mut self, token: Token, registry: &Registry, shared: &Shared) {
-        if token.0 == ADMIN_BASE {
-            self.accept(registry);
-        } else {
-            self.drive(token.0 - ADMIN_BASE - 1, registry, shared);
+    /// Drops requests older than [`REQUEST_TIMEOUT`]: a slow client never holds a slot.
+    fn expire(&mut self, registry: &Registry) {
+        let old: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| c.since.elapsed() >= REQUEST_TIMEOUT).map(|(k, _)| k).collect();
+        for k in old {
+            let mut c = self.conns.remove(k);
+            log::debug!("admin: request timed out");
+            let _ = registry.deregister(&mut c.stream);
         }
     }
 
@@ -57,9 +111,10 @@ impl Admin {
                         continue; // dropped: closes the socket
                     }
                     let entry = self.conns.vacant_entry();
-                    let token = Token(ADMIN_BASE + 1 + entry.key());
+                    let token = Token(FIRST_CONN + entry.key());
                     if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
-                        entry.insert(AdminConn { stream, inbuf: Vec::new(), out: Vec::new(), written: 0 });
+                        let since = Instant::now();
+                        entry.insert(AdminConn { stream, inbuf: Vec::new(), out: Vec::new(), written: 0, since });
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -183,8 +238,8 @@ pub fn render(shared: &Shared) -> String {
     scalar(o, "wsloop_connections_accepted_total", "counter", "TCP connections accepted.", sum(&|m| m.accepted.get()));
     let n = "wsloop_connections_rejected_total";
     family(o, n, "counter", "Connections refused, by reason.");
-    for r in RejectReason::ALL {
-        let _ = writeln!(o, "{n}{{reason=\"{}\"}} {}", r.label(), sum(&|m| m.rejected[r as usize].get()));
+    for (i, label) in Refusal::LABELS.iter().enumerate() {
+        let _ = writeln!(o, "{n}{{reason=\"{label}\"}} {}", sum(&|m| m.rejected[i].get()));
     }
     let n = "wsloop_handshakes_failed_total";
     family(o, n, "counter", "Failed handshakes, by HTTP status.");
@@ -211,6 +266,18 @@ pub fn render(shared: &Shared) -> String {
     for (i, c) in CLOSE_CODES.iter().enumerate() {
         let label = if *c == 0 { "other".to_string() } else { c.to_string() };
         let _ = writeln!(o, "{n}{{code=\"{label}\"}} {}", sum(&|m| m.closes[i].get()));
+    }
+    scalar(
+        o,
+        "wsloop_connections_never_upgraded_total",
+        "counter",
+        "Connections that ended before an upgrade (refused, timed out or gone during the handshake).",
+        sum(&|m| m.never_upgraded.get()),
+    );
+    let n = "wsloop_close_causes_total";
+    family(o, n, "counter", "Upgraded connections ended, by cause.");
+    for c in CloseCause::ALL {
+        let _ = writeln!(o, "{n}{{cause=\"{}\"}} {}", c.label(), sum(&|m| m.close_causes[c.index()].get()));
     }
     scalar(
         o,

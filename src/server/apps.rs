@@ -1,7 +1,7 @@
 //! The two handlers the `wsloop` binary serves, in the library so that tests and
 //! embedders run exactly what the binary runs.
 
-use super::ctx::Connection;
+use super::connection::Connection;
 use super::handler::{Accept, Handler, Message, Reject};
 use crate::proto::Request;
 
@@ -10,8 +10,14 @@ use crate::proto::Request;
 pub struct Echo;
 
 impl Handler for Echo {
+    type State = ();
+
+    fn on_open<'r>(&mut self, _: &mut Connection<'_>, _: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
+        Ok(Accept::new(()))
+    }
+
     #[inline(always)]
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
         // The server's backpressure policy decides what a full queue means; under the
         // default PauseReading the queue stays bounded, so the status needs no action.
         let _ = conn.send(msg);
@@ -25,12 +31,14 @@ impl Handler for Echo {
 pub struct Rooms;
 
 impl Handler for Rooms {
-    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r>, Reject> {
+    type State = ();
+
+    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
         conn.subscribe(room_of(req.path()));
-        Ok(Accept::default())
+        Ok(Accept::new(()))
     }
 
-    fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
         // The connection knows its one room: the first (only) topic it joined.
         if let Some(room) = conn.topics().first().cloned() {
             conn.publish(&room, msg);

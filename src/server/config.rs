@@ -4,23 +4,13 @@
 use crate::auth::JwtVerifier;
 use crate::auth::OriginPolicy;
 use crate::proto::{DecoderConfig, HandshakeLimits, Role};
+use crate::session::SessionConfig;
 use std::net::SocketAddr;
 #[cfg(feature = "jwt")]
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What happens when a connection's outgoing buffer is over `max_backpressure`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackpressurePolicy {
-    /// Close the slow client with 1008.
-    Close,
-    /// Drop the message for that client (counted).
-    Drop,
-    /// Stop reading from the client until its buffer drains; messages are still
-    /// queued (one over the cap at most). Broadcasts to such a client are dropped,
-    /// since a publisher cannot be paused for one subscriber.
-    PauseReading,
-}
+pub use crate::session::BackpressurePolicy;
 
 /// How accepted connections are spread over the workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +32,8 @@ pub enum AcceptMode {
 /// Server configuration. `Config::default()` is what `wsloop echo` runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Worker threads, each with its own event loop (default: number of cores).
+    /// Worker threads, each with its own event loop (default: number of cores; 1 to
+    /// [`MAX_WORKERS`]).
     pub workers: usize,
     /// How connections are spread over the workers (default `Handoff`; see
     /// [`AcceptMode`] and the README's measurements).
@@ -56,7 +47,8 @@ pub struct Config {
     /// What to do with a connection over `max_backpressure` (default `PauseReading`).
     pub backpressure_policy: BackpressurePolicy,
     /// Capacity of each pooled read ring; frames up to this size are handed out without
-    /// a copy (default 16 KiB, at least 512).
+    /// a copy (default 16 KiB; at least 512 and more than `max_header_bytes`, since a
+    /// request head must fit in one ring).
     pub read_buffer_size: usize,
     /// Capacity of each pooled write ring (default 16 KiB, at least 512).
     pub write_buffer_size: usize,
@@ -154,15 +146,134 @@ impl Config {
         HandshakeLimits { max_header_bytes: self.max_header_bytes, max_headers: self.max_headers }
     }
 
-    /// Clamps values that would make the server unable to work.
-    pub(crate) fn sanitized(mut self) -> Self {
-        self.workers = self.workers.clamp(1, 64);
-        self.read_buffer_size = self.read_buffer_size.max(512);
-        // The request head must fit in one read ring.
-        self.read_buffer_size = self.read_buffer_size.max(self.max_header_bytes + 1);
-        self.write_buffer_size = self.write_buffer_size.max(512);
-        self.tick = self.tick.max(Duration::from_millis(1));
-        self.max_headers = self.max_headers.clamp(1, crate::proto::handshake::MAX_HEADERS);
-        self
+    /// The per-connection limits and timeouts, in ticks.
+    pub(crate) fn session(&self) -> SessionConfig {
+        SessionConfig {
+            decoder: self.decoder(),
+            handshake_limits: self.handshake_limits(),
+            handshake_timeout: to_ticks(self.handshake_timeout, self.tick),
+            ping_interval: to_ticks(self.ping_interval, self.tick),
+            idle_timeout: to_ticks(self.idle_timeout, self.tick),
+            close_timeout: to_ticks(self.close_timeout, self.tick),
+            max_backpressure: self.max_backpressure,
+            backpressure_policy: self.backpressure_policy,
+            max_msg_rate: self.max_msg_rate,
+            tick_us: self.tick.as_micros().clamp(1, u64::MAX as u128) as u64,
+        }
+    }
+
+    /// Checks that the server can work with these values; the error names the field
+    /// and says what is allowed. [`Server::bind`](super::Server::bind) calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field: &'static str, problem: String| Err(ConfigError { field, problem });
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return err("workers", format!("is {}; allowed: 1 to {MAX_WORKERS}", self.workers));
+        }
+        if self.read_buffer_size < MIN_BUFFER {
+            return err("read_buffer_size", format!("is {}; allowed: at least {MIN_BUFFER}", self.read_buffer_size));
+        }
+        if self.read_buffer_size <= self.max_header_bytes {
+            return err(
+                "read_buffer_size",
+                format!(
+                    "is {}; must be larger than max_header_bytes ({}), since a request head must fit in one read ring",
+                    self.read_buffer_size, self.max_header_bytes
+                ),
+            );
+        }
+        if self.write_buffer_size < MIN_BUFFER {
+            return err("write_buffer_size", format!("is {}; allowed: at least {MIN_BUFFER}", self.write_buffer_size));
+        }
+        if self.tick < Duration::from_millis(1) {
+            return err("tick", format!("is {:?}; allowed: at least 1 ms", self.tick));
+        }
+        let max_headers = crate::proto::handshake::MAX_HEADERS;
+        if self.max_headers == 0 || self.max_headers > max_headers {
+            return err("max_headers", format!("is {}; allowed: 1 to {max_headers}", self.max_headers));
+        }
+        if self.max_header_bytes < 64 {
+            return err("max_header_bytes", format!("is {}; allowed: at least 64", self.max_header_bytes));
+        }
+        if self.max_message == 0 {
+            return err("max_message", "is 0; allowed: at least 1".into());
+        }
+        if self.max_fragments == 0 {
+            return err("max_fragments", "is 0; allowed: at least 1".into());
+        }
+        if self.max_msg_rate == Some(0) {
+            return err("max_msg_rate", "is 0; allowed: at least 1, or None for no limit".into());
+        }
+        for (field, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("close_timeout", self.close_timeout),
+        ] {
+            if d.is_zero() {
+                return err(field, "is 0; allowed: a positive duration".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most worker threads: topic interest is a 64-bit mask of workers.
+pub const MAX_WORKERS: usize = 64;
+
+/// Smallest read or write ring.
+const MIN_BUFFER: usize = 512;
+
+/// A [`Config`] field with a value the server cannot work with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field, as named in [`Config`].
+    pub field: &'static str,
+    /// What is wrong and what is allowed.
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Config::{} {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for std::io::Error {
+    fn from(e: ConfigError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+    }
+}
+
+/// `d` in ticks of `tick`, rounded up, at least one.
+fn to_ticks(d: Duration, tick: Duration) -> u32 {
+    super::connection::to_ticks(d, tick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases: [(Config, &str); 6] = [
+            (Config { workers: 65, ..Config::default() }, "workers"),
+            (Config { workers: 0, ..Config::default() }, "workers"),
+            (Config { read_buffer_size: 100, ..Config::default() }, "read_buffer_size"),
+            (Config { max_header_bytes: 32 << 10, ..Config::default() }, "read_buffer_size"),
+            (Config { tick: Duration::ZERO, ..Config::default() }, "tick"),
+            (Config { max_msg_rate: Some(0), ..Config::default() }, "max_msg_rate"),
+        ];
+        for (cfg, field) in cases {
+            let e = cfg.validate().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
     }
 }

@@ -28,61 +28,10 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 
-    /// Sets the value (owner thread only; for gauges).
-    #[inline]
-    pub fn set(&self, n: u64) {
-        self.0.store(n, Relaxed);
-    }
-
     /// Current value (any thread).
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
-    }
-}
-
-/// Why a connection attempt was refused before or at the handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReason {
-    /// Over `max_conns`.
-    MaxConns,
-    /// Over `max_conns_per_ip`.
-    MaxConnsPerIp,
-    /// The handshake request was invalid (400/405/426/431).
-    BadHandshake,
-    /// Authentication failed (401).
-    Auth,
-    /// Origin policy (403).
-    Origin,
-    /// The application's `on_open` refused.
-    Application,
-    /// The server is shutting down.
-    Draining,
-}
-
-impl RejectReason {
-    /// All reasons, in exposition order.
-    pub const ALL: [RejectReason; 7] = [
-        RejectReason::MaxConns,
-        RejectReason::MaxConnsPerIp,
-        RejectReason::BadHandshake,
-        RejectReason::Auth,
-        RejectReason::Origin,
-        RejectReason::Application,
-        RejectReason::Draining,
-    ];
-
-    /// Label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            RejectReason::MaxConns => "max_conns",
-            RejectReason::MaxConnsPerIp => "max_conns_per_ip",
-            RejectReason::BadHandshake => "bad_handshake",
-            RejectReason::Auth => "auth",
-            RejectReason::Origin => "origin",
-            RejectReason::Application => "application",
-            RejectReason::Draining => "draining",
-        }
     }
 }
 
@@ -135,8 +84,8 @@ pub struct WorkerMetrics {
     pub accepted: Counter,
     /// Connections upgraded and currently open (gauge).
     pub open: Counter,
-    /// Connections refused, by [`RejectReason::ALL`] index.
-    pub rejected: [Counter; 7],
+    /// Connections refused, by [`Refusal::LABELS`](super::Refusal::LABELS) index.
+    pub rejected: [Counter; 8],
     /// Failed handshakes, by [`HANDSHAKE_STATUSES`] index.
     pub handshake_failed: [Counter; 10],
     /// Data messages received.
@@ -151,6 +100,11 @@ pub struct WorkerMetrics {
     pub frames_in: [Counter; 6],
     /// Connections closed, by [`CLOSE_CODES`] index (last is "other").
     pub closes: [Counter; 12],
+    /// Connections that ended without being upgraded: refused, timed out or gone
+    /// during the handshake (refusals are also counted by reason in `rejected`).
+    pub never_upgraded: Counter,
+    /// Connections closed, by [`CloseCause::ALL`](crate::session::CloseCause::ALL) index.
+    pub close_causes: [Counter; 14],
     /// Times a connection went over `max_backpressure`.
     pub backpressure_events: Counter,
     /// Messages dropped for a connection over `max_backpressure`.
@@ -174,22 +128,20 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// Counts a refusal.
-    pub fn reject(&self, r: RejectReason) {
-        self.rejected[r as usize].inc();
-    }
-
-    /// Counts a handshake failure with its HTTP status.
-    pub fn handshake_failed(&self, status: u16) {
+    /// Counts a refused upgrade, by reason and by status.
+    pub(crate) fn refused(&self, r: &super::Refusal) {
+        self.rejected[r.index()].inc();
+        let status = r.status();
         if let Some(i) = HANDSHAKE_STATUSES.iter().position(|&s| s == status) {
             self.handshake_failed[i].inc();
         }
     }
 
-    /// Counts a closed connection by close code.
-    pub fn close(&self, code: u16) {
-        let i = CLOSE_CODES[..11].iter().position(|&c| c == code).unwrap_or(11);
+    /// Counts a connection that ended after its upgrade, by close code and cause.
+    pub(crate) fn closed(&self, end: &crate::session::Closed) {
+        let i = CLOSE_CODES[..11].iter().position(|&c| c == end.code.0).unwrap_or(11);
         self.closes[i].inc();
+        self.close_causes[end.cause.index()].inc();
     }
 
     /// Counts a timeout.

@@ -1,13 +1,20 @@
 //! The server engine: worker threads, each a mio event loop over its own connections.
 //!
 //! ```no_run
-//! use wsloop::server::{Config, Connection, Handler, Message, Server};
+//! use wsloop::proto::Request;
+//! use wsloop::server::{Accept, Config, Connection, Handler, Message, Reject, Server};
 //!
 //! #[derive(Clone)]
 //! struct Echo;
 //!
 //! impl Handler for Echo {
-//!     fn on_message(&mut self, conn: &mut Connection<'_>, msg: Message<'_>) {
+//!     type State = ();
+//!
+//!     fn on_open<'r>(&mut self, _: &mut Connection<'_>, _: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
+//!         Ok(Accept::new(()))
+//!     }
+//!
+//!     fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
 //!         let _ = conn.send(msg);
 //!     }
 //! }
@@ -18,25 +25,29 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod accept;
 mod admin;
 mod apps;
 mod bridge;
 mod clock;
 mod config;
 mod conn;
-mod ctx;
+mod connection;
+mod delivery;
+mod gate;
 mod handler;
 pub mod metrics;
 mod pubsub;
 mod shared;
 mod sock;
-pub mod timer;
+pub(crate) mod timer;
 mod worker;
 
 pub use apps::{room_of, Echo, Rooms};
 pub use bridge::Bridge;
-pub use config::{AcceptMode, BackpressurePolicy, Config};
-pub use ctx::Connection;
+pub use config::{AcceptMode, BackpressurePolicy, Config, ConfigError, MAX_WORKERS};
+pub use connection::{Claims, Connection};
+pub use gate::Refusal;
 pub use handler::{Accept, ConnId, Handler, Message, Reject, SendStatus};
 pub use pubsub::{Publisher, WeakPublisher};
 
@@ -67,6 +78,7 @@ pub struct Handle {
 pub struct Running {
     handle: Handle,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    admin: Option<admin::AdminThread>,
 }
 
 fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
@@ -86,8 +98,11 @@ impl Server {
     /// Binds `addr` (port 0 picks a free port): with [`AcceptMode::Handoff`] (the
     /// default) one listener for the first worker to accept on and deal connections
     /// out from, with [`AcceptMode::ReusePort`] one SO_REUSEPORT listener per worker.
+    /// A `config` that fails [`Config::validate`] is an `InvalidInput` error carrying
+    /// the [`ConfigError`].
     pub fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Server> {
-        let cfg = config.sanitized();
+        config.validate()?;
+        let cfg = config;
         let addr = addr
             .to_socket_addrs()?
             .next()
@@ -168,13 +183,18 @@ impl Server {
     {
         let handle = self.handle();
         let mut threads = Vec::new();
-        let mut admin = self.admin.map(mio::net::TcpListener::from_std);
+        let admin = match self.admin {
+            Some(l) => Some(admin::AdminThread::spawn(l, self.shared.clone())?),
+            None => None,
+        };
         for (i, (poll, l, rx)) in self.parts.into_iter().enumerate() {
-            let w = worker::Worker::new(i, poll, l, rx, self.shared.clone(), factory(i), admin.take())?;
-            let t = std::thread::Builder::new().name(format!("wsloop-worker-{i}")).spawn(move || w.run())?;
+            let (shared, handler) = (self.shared.clone(), factory(i));
+            // Made on its own thread: connection state (`H::State`) never crosses threads.
+            let run = move || worker::Worker::new(i, poll, l, rx, shared, handler)?.run();
+            let t = std::thread::Builder::new().name(format!("wsloop-worker-{i}")).spawn(run)?;
             threads.push(t);
         }
-        Ok(Running { handle, threads })
+        Ok(Running { handle, threads, admin })
     }
 
     /// Runs the server until it is shut down (see [`Handle::shutdown`]).
@@ -193,7 +213,7 @@ impl Running {
         &self.handle
     }
 
-    /// Waits for every worker to exit.
+    /// Waits for every worker to exit; the admin listener answers until then.
     pub fn join(self) -> io::Result<()> {
         let mut result = Ok(());
         for t in self.threads {
@@ -202,6 +222,9 @@ impl Running {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a worker panicked")),
             }
+        }
+        if let Some(admin) = self.admin {
+            admin.stop();
         }
         result
     }

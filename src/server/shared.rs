@@ -93,14 +93,14 @@ impl Shared {
     }
 
     /// Reserves a slot for a new open connection from `ip`; `Err` names the limit hit.
-    pub fn admit(&self, ip: IpAddr) -> Result<(), super::metrics::RejectReason> {
-        use super::metrics::RejectReason;
+    pub fn admit(&self, ip: IpAddr) -> Result<(), super::gate::Refusal> {
+        use super::gate::Refusal;
         if self.draining.load(Ordering::Relaxed) {
-            return Err(RejectReason::Draining);
+            return Err(Refusal::Draining);
         }
         if self.open.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_conns {
             self.open.fetch_sub(1, Ordering::Relaxed);
-            return Err(RejectReason::MaxConns);
+            return Err(Refusal::MaxConns);
         }
         if self.cfg.max_conns_per_ip != usize::MAX {
             let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,7 +108,7 @@ impl Shared {
             if *n as usize >= self.cfg.max_conns_per_ip {
                 drop(m);
                 self.open.fetch_sub(1, Ordering::Relaxed);
-                return Err(RejectReason::MaxConnsPerIp);
+                return Err(Refusal::MaxConnsPerIp);
             }
             *n += 1;
         }

@@ -9,9 +9,20 @@
 
 use slab::Slab;
 
-/// Identifies a scheduled timer (for cancel and reschedule).
+/// Identifies a scheduled timer (for cancel and reschedule). Holds the entry's index
+/// plus one, so `Option<TimerId>` is four bytes (one per connection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimerId(u32);
+pub struct TimerId(std::num::NonZeroU32);
+
+impl TimerId {
+    fn new(index: u32) -> Self {
+        TimerId(std::num::NonZeroU32::MIN.saturating_add(index))
+    }
+
+    fn index(self) -> u32 {
+        self.0.get() - 1
+    }
+}
 
 const NIL: u32 = u32::MAX;
 
@@ -51,11 +62,7 @@ impl<T: Copy> TimerWheel<T> {
     }
 
     /// Timers scheduled.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// No timers scheduled.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -70,33 +77,33 @@ impl<T: Copy> TimerWheel<T> {
         let deadline = tick.max(self.current);
         let key = self.entries.insert(Entry { deadline, prev: NIL, next: NIL, value });
         self.link(key as u32);
-        TimerId(key as u32)
+        TimerId::new(key as u32)
     }
 
     /// Cancels a timer; false if it already fired or was cancelled.
     pub fn cancel(&mut self, id: TimerId) -> bool {
-        if !self.entries.contains(id.0 as usize) {
+        if !self.entries.contains(id.index() as usize) {
             return false;
         }
-        self.unlink(id.0);
-        self.entries.remove(id.0 as usize);
+        self.unlink(id.index());
+        self.entries.remove(id.index() as usize);
         true
     }
 
     /// Moves a pending timer to `tick`; false if it is no longer pending.
     pub fn reschedule(&mut self, id: TimerId, tick: u64) -> bool {
-        if !self.entries.contains(id.0 as usize) {
+        if !self.entries.contains(id.index() as usize) {
             return false;
         }
-        self.unlink(id.0);
-        self.entries[id.0 as usize].deadline = tick.max(self.current);
-        self.link(id.0);
+        self.unlink(id.index());
+        self.entries[id.index() as usize].deadline = tick.max(self.current);
+        self.link(id.index());
         true
     }
 
     /// Deadline of a pending timer.
     pub fn deadline(&self, id: TimerId) -> Option<u64> {
-        self.entries.get(id.0 as usize).map(|e| e.deadline)
+        self.entries.get(id.index() as usize).map(|e| e.deadline)
     }
 
     /// Processes every tick up to and including `now`, moving due timers into `out`
@@ -115,7 +122,7 @@ impl<T: Copy> TimerWheel<T> {
                     let value = e.value;
                     self.unlink(cur);
                     self.entries.remove(cur as usize);
-                    out.push((TimerId(cur), value));
+                    out.push((TimerId::new(cur), value));
                 }
                 cur = next;
             }

@@ -1,0 +1,373 @@
+//! What callbacks touch: the [`Connection`] handle, and the worker context behind it
+//! (buffer pools, the timer wheel, topic membership, the flush lists). The connection
+//! slab and the handler live beside the context in the worker, so both can be borrowed
+//! at once.
+
+use super::config::Config;
+use super::conn::Meta;
+use super::handler::{ConnId, Message, SendStatus};
+use super::metrics::WorkerMetrics;
+use super::pubsub::{frame_message, LocalTopics, Publisher};
+use super::shared::Shared;
+use super::timer::TimerWheel;
+use crate::buf::BufPool;
+use crate::proto::frame::OpCode;
+use crate::proto::CloseCode;
+use crate::session::{CloseCause, Core, Sent, SessionConfig, Tick};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a timer carries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TimerEvent {
+    /// The connection's session deadline (one per connection, re-armed lazily).
+    Conn { key: u32, generation: u32 },
+    /// An application timer. `slot` indexes `Ctx::app_tokens`: keeping the u64 token
+    /// out of the wheel entry keeps every entry (one per connection) at 32 bytes.
+    App { key: u32, generation: u32, slot: u32 },
+}
+
+/// The worker's state that callbacks reach through a [`Connection`].
+pub(crate) struct Ctx {
+    pub id: usize,
+    pub cfg: Config,
+    pub scfg: SessionConfig,
+    pub shared: Arc<Shared>,
+    pub metrics: Arc<WorkerMetrics>,
+    pub rpool: BufPool,
+    pub wpool: BufPool,
+    pub wheel: TimerWheel<TimerEvent>,
+    /// `clock::monotonic_ns` when the worker started: the origin of its clock.
+    pub start_ns: u64,
+    /// Worker clock (ns since `start`) at the start of this loop turn.
+    pub now_ns: u64,
+    pub now_tick: Tick,
+    pub tick_ns: u64,
+    pub ticks_per_sec: u32,
+    pub coalesce_ns: u64,
+    /// Connections with output to flush at the end of the turn.
+    pub dirty: Vec<u32>,
+    /// The connection being read (flushed right after its read, so not listed).
+    pub current: u32,
+    /// Connections with broadcast output waiting for the coalescing window.
+    pub deferred: Vec<u32>,
+    pub deferred_since: Option<u64>,
+    pub topics: LocalTopics,
+    /// Publishes made by handlers on this worker, delivered after the callback returns.
+    pub local_pubs: Vec<(Arc<str>, Arc<[u8]>)>,
+    /// The verified token of the connection in `on_open`.
+    pub claims: Option<Claims>,
+    /// Tokens of pending application timers.
+    pub app_tokens: slab::Slab<u64>,
+}
+
+/// Verified JWT claims (with the `jwt` feature).
+#[cfg(feature = "jwt")]
+pub use crate::auth::Claims;
+
+/// Without the `jwt` feature there are never claims.
+#[cfg(not(feature = "jwt"))]
+#[derive(Clone, Debug)]
+pub enum Claims {}
+
+/// No connection (see [`Ctx::current`]).
+pub(crate) const NO_CONN: u32 = u32::MAX;
+
+/// `d` in ticks of `tick`, rounded up, at least one.
+pub(crate) fn to_ticks(d: Duration, tick: Duration) -> u32 {
+    let t = d.as_nanos().div_ceil(tick.as_nanos().max(1));
+    t.clamp(1, u32::MAX as u128 / 2) as u32
+}
+
+impl Ctx {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let cfg = shared.cfg.clone();
+        Ctx {
+            id,
+            scfg: cfg.session(),
+            metrics: shared.workers[id].metrics.clone(),
+            rpool: BufPool::new(cfg.read_buffer_size, cfg.pool_keep),
+            wpool: BufPool::new(cfg.write_buffer_size, cfg.pool_keep),
+            wheel: TimerWheel::new(1024),
+            start_ns: super::clock::monotonic_ns(),
+            now_ns: 0,
+            now_tick: 0,
+            tick_ns: cfg.tick.as_nanos().clamp(1, u64::MAX as u128) as u64,
+            ticks_per_sec: (1_000_000_000 / cfg.tick.as_nanos().max(1)).clamp(1, u32::MAX as u128) as u32,
+            coalesce_ns: cfg.broadcast_coalesce.as_nanos().min(u64::MAX as u128) as u64,
+            dirty: Vec::new(),
+            current: NO_CONN,
+            deferred: Vec::new(),
+            deferred_since: None,
+            topics: LocalTopics::default(),
+            local_pubs: Vec::new(),
+            claims: None,
+            app_tokens: slab::Slab::new(),
+            cfg,
+            shared,
+        }
+    }
+
+    /// Nanoseconds since the worker started (reads the clock).
+    #[inline]
+    pub fn clock_ns(&self) -> u64 {
+        super::clock::monotonic_ns().saturating_sub(self.start_ns)
+    }
+
+    /// Sets this turn's time (`clock_ns`) and the tick it falls in.
+    #[inline]
+    pub fn set_now(&mut self, ns: u64) {
+        self.now_ns = ns;
+        self.now_tick = (ns / self.tick_ns).min(u32::MAX as u64) as u32;
+    }
+
+    /// Puts the connection on the end-of-turn flush list (unless it is the one being
+    /// read, which is flushed right after its read).
+    #[inline]
+    pub fn mark_dirty(&mut self, meta: &mut Meta, key: u32) {
+        if !meta.dirty {
+            meta.dirty = true;
+            if key != self.current {
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Puts the connection on the broadcast flush list.
+    pub fn mark_deferred(&mut self, meta: &mut Meta, key: u32) {
+        if !meta.deferred {
+            meta.deferred = true;
+            self.deferred.push(key);
+            if self.deferred_since.is_none() {
+                self.deferred_since = Some(self.now_ns);
+            }
+        }
+    }
+
+    /// Makes sure the connection's timer fires no later than `tick` (an earlier entry
+    /// stays: when it fires, the session re-checks and the timer is re-armed).
+    pub fn arm(&mut self, meta: &mut Meta, key: u32, tick: Tick) {
+        let tick = tick as u64;
+        match meta.timer {
+            Some(id) => {
+                if self.wheel.deadline(id).is_some_and(|d| d > tick) {
+                    self.wheel.reschedule(id, tick);
+                }
+            }
+            None => {
+                meta.timer = Some(self.wheel.schedule(tick, TimerEvent::Conn { key, generation: meta.generation }));
+            }
+        }
+    }
+
+    /// Counts what a send did; lists the connection for flushing.
+    #[inline(always)]
+    pub fn sent(&mut self, core: &Core, meta: &mut Meta, key: u32, sent: Sent, data: bool) -> SendStatus {
+        if sent.went_over {
+            self.metrics.backpressure_events.inc();
+        }
+        if sent.status == SendStatus::Dropped {
+            if sent.capped {
+                self.metrics.backpressure_drops.inc();
+            }
+        } else if data {
+            self.metrics.messages_out.inc();
+        }
+        if core.buffered() > 0 {
+            self.mark_dirty(meta, key);
+        }
+        sent.status
+    }
+
+    /// Queues a pre-encoded broadcast frame for a subscriber.
+    pub fn deliver(&mut self, core: &mut Core, meta: &mut Meta, key: u32, frame: &[u8]) {
+        let sent = core.deliver(frame, &self.scfg, &mut self.wpool, self.now_tick);
+        if sent.went_over {
+            self.metrics.backpressure_events.inc();
+        }
+        match sent.status {
+            SendStatus::Dropped if sent.capped => {
+                self.metrics.broadcast_drops.inc();
+                if core.buffered() > 0 {
+                    // Closed for being slow: the close frame goes out with the turn.
+                    self.mark_dirty(meta, key);
+                }
+            }
+            SendStatus::Dropped => {}
+            _ => {
+                self.metrics.messages_out.inc();
+                self.metrics.broadcast_deliveries.inc();
+                self.mark_deferred(meta, key);
+            }
+        }
+    }
+
+    pub fn subscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) {
+        let list = meta.topics.get_or_insert_with(Default::default);
+        if list.iter().any(|t| &**t == topic) {
+            return;
+        }
+        list.push(topic.into());
+        if self.topics.subscribe(topic, key) {
+            self.shared.set_topic_bit(topic, self.id, true);
+        }
+    }
+
+    pub fn unsubscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) {
+        let Some(list) = meta.topics.as_mut() else {
+            return;
+        };
+        let Some(i) = list.iter().position(|t| &**t == topic) else {
+            return;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            meta.topics = None;
+        }
+        if self.topics.unsubscribe(topic, key) {
+            self.shared.set_topic_bit(topic, self.id, false);
+        }
+    }
+
+    /// Leaves every topic of a connection that is going away.
+    pub fn leave_all(&mut self, meta: &mut Meta, key: u32) {
+        if let Some(topics) = meta.topics.take() {
+            for t in topics.iter() {
+                if self.topics.unsubscribe(t, key) {
+                    self.shared.set_topic_bit(t, self.id, false);
+                }
+            }
+        }
+    }
+
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
+        self.shared.forward(topic, msg);
+        let mask = self.shared.topic_mask(topic);
+        if mask == 0 {
+            return 0;
+        }
+        let frame = frame_message(msg);
+        self.shared.send_to_workers(mask, Some(self.id), topic, &frame);
+        if mask & (1 << self.id) != 0 {
+            self.local_pubs.push((Arc::from(topic), frame));
+        }
+        mask.count_ones() as usize
+    }
+}
+
+/// The application's handle on one connection, valid during a callback.
+pub struct Connection<'a> {
+    pub(crate) core: &'a mut Core,
+    pub(crate) ctx: &'a mut Ctx,
+    pub(crate) meta: &'a mut Meta,
+    pub(crate) key: u32,
+}
+
+impl Connection<'_> {
+    /// This connection's id.
+    pub fn id(&self) -> ConnId {
+        ConnId { worker: self.ctx.id as u16, key: self.key, generation: self.meta.generation }
+    }
+
+    /// The peer's IP address.
+    pub fn peer_ip(&self) -> std::net::IpAddr {
+        self.meta.ip()
+    }
+
+    /// Queues a message. Output is written at the end of the loop turn, coalesced with
+    /// everything else queued for this socket.
+    #[inline(always)]
+    pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
+        let ctx = &mut *self.ctx;
+        let sent = self.core.send(msg.opcode(), msg.as_bytes(), &ctx.scfg, &mut ctx.wpool, ctx.now_tick);
+        ctx.sent(self.core, self.meta, self.key, sent, true)
+    }
+
+    /// Queues a text message.
+    pub fn send_text(&mut self, text: &str) -> SendStatus {
+        self.send(Message::Text(text))
+    }
+
+    /// Queues a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
+        self.send(Message::Binary(data))
+    }
+
+    /// Queues a ping (at most 125 bytes of payload; longer is cut).
+    pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
+        let p = &payload[..payload.len().min(125)];
+        let ctx = &mut *self.ctx;
+        let sent = self.core.send(OpCode::Ping, p, &ctx.scfg, &mut ctx.wpool, ctx.now_tick);
+        ctx.sent(self.core, self.meta, self.key, sent, false)
+    }
+
+    /// Starts the close handshake with `code` and `reason` (cut to 123 bytes).
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        let ctx = &mut *self.ctx;
+        self.core.close(CloseCause::Application, code, reason, &mut ctx.wpool, ctx.now_tick);
+        if self.core.buffered() > 0 {
+            ctx.mark_dirty(self.meta, self.key);
+        }
+    }
+
+    /// Outgoing bytes queued and not yet written.
+    pub fn buffered(&self) -> usize {
+        self.core.buffered()
+    }
+
+    /// Whether the connection is upgraded and open (false during the handshake, while
+    /// closing and after).
+    pub fn is_open(&self) -> bool {
+        self.core.is_open()
+    }
+
+    /// Subscribes this connection to `topic` (allowed from `on_open`).
+    pub fn subscribe(&mut self, topic: &str) {
+        self.ctx.subscribe(self.meta, self.key, topic);
+    }
+
+    /// Unsubscribes this connection from `topic`.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.ctx.unsubscribe(self.meta, self.key, topic);
+    }
+
+    /// Publishes to every subscriber of `topic` on every worker (this connection too,
+    /// if subscribed); returns the number of workers reached.
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
+        self.ctx.publish(topic, msg)
+    }
+
+    /// The verified JWT claims of this connection; `Some` only inside `on_open` when JWT
+    /// auth is on (keep what you need in the connection's state).
+    pub fn claims(&self) -> Option<&Claims> {
+        self.ctx.claims.as_ref()
+    }
+
+    /// Topics this connection subscribed to, in order.
+    pub fn topics(&self) -> &[Box<str>] {
+        self.meta.topics.as_deref().map_or(&[], |v| v.as_slice())
+    }
+
+    /// A publisher for use outside callbacks (other threads).
+    pub fn publisher(&self) -> Publisher {
+        Publisher { shared: self.ctx.shared.clone() }
+    }
+
+    /// Calls `Handler::on_timer(token)` for this connection after `after` (rounded up to
+    /// the tick). Dropped silently if the connection is gone by then.
+    pub fn schedule(&mut self, after: Duration, token: u64) {
+        // +1: `now_tick` began up to a tick ago, and a timer must never fire early.
+        let at = self.ctx.now_tick as u64 + to_ticks(after, self.ctx.cfg.tick) as u64 + 1;
+        let slot = self.ctx.app_tokens.insert(token) as u32;
+        self.ctx.wheel.schedule(at, TimerEvent::App { key: self.key, generation: self.meta.generation, slot });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timer_event_stays_small() {
+        // One wheel entry per connection: 8 (deadline) + 8 (links) + this.
+        assert!(std::mem::size_of::<super::TimerEvent>() <= 16);
+    }
+}

@@ -1,0 +1,59 @@
+//! A worker's inbox (connections handed over, publishes from other threads, shutdown)
+//! and the delivery of published frames to its subscribers.
+
+use super::handler::Handler;
+use super::shared::Cmd;
+use super::worker::Worker;
+use std::sync::mpsc::TryRecvError;
+
+/// Inbox messages handled per loop turn.
+const MAX_INBOX_PER_TURN: usize = 4096;
+
+impl<H: Handler> Worker<H> {
+    pub(super) fn drain_inbox(&mut self) {
+        for _ in 0..MAX_INBOX_PER_TURN {
+            match self.inbox.try_recv() {
+                Ok(Cmd::Publish { topic, frame }) => self.deliver(&topic, &frame),
+                Ok(Cmd::Adopt { stream, ip }) => self.adopt(stream, ip),
+                Ok(Cmd::Shutdown) => self.begin_drain(),
+                Ok(Cmd::Stop) => self.stop = true,
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.stop = true;
+                    return;
+                }
+            }
+        }
+        // More left: come back next turn without waiting for a new wake-up.
+        let _ = self.ctx.shared.workers[self.ctx.id].waker.wake();
+    }
+
+    #[inline(always)]
+    pub(super) fn deliver_local_pubs(&mut self) {
+        if !self.ctx.local_pubs.is_empty() {
+            self.deliver_local_pubs_slow();
+        }
+    }
+
+    fn deliver_local_pubs_slow(&mut self) {
+        while !self.ctx.local_pubs.is_empty() {
+            let pubs = std::mem::take(&mut self.ctx.local_pubs);
+            for (topic, frame) in &pubs {
+                self.deliver(topic, frame);
+            }
+        }
+    }
+
+    /// Queues `frame` for every local subscriber of `topic`.
+    fn deliver(&mut self, topic: &str, frame: &[u8]) {
+        let Some(keys) = self.ctx.topics.take(topic) else {
+            return;
+        };
+        for &key in &keys {
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                self.ctx.deliver(conn.session.core(), &mut conn.meta, key, frame);
+            }
+        }
+        self.ctx.topics.restore(topic, keys);
+    }
+}
