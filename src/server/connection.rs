@@ -163,6 +163,19 @@ impl Ctx {
     /// Counts what a send did; lists the connection for flushing.
     #[inline(always)]
     pub fn sent(&mut self, core: &Core, meta: &mut Meta, key: u32, sent: Sent, data: bool) -> SendStatus {
+        if sent.status == SendStatus::Queued && !sent.went_over {
+            // The usual outcome: bytes queued within the cap.
+            if data {
+                self.metrics.messages_out.inc();
+            }
+            self.mark_dirty(meta, key);
+            return SendStatus::Queued;
+        }
+        self.sent_unusual(core, meta, key, sent, data)
+    }
+
+    #[inline(never)]
+    fn sent_unusual(&mut self, core: &Core, meta: &mut Meta, key: u32, sent: Sent, data: bool) -> SendStatus {
         if sent.went_over {
             self.metrics.backpressure_events.inc();
         }

@@ -228,22 +228,23 @@ impl Sent {
 
 /// What one [`Session::handle_frames`] step produced.
 #[derive(Debug)]
-pub enum Received<'a, S> {
+pub enum Received<'a> {
     /// Nothing for the application.
     Nothing,
     /// A control frame (answered already, where an answer is due).
     Control(OpCode),
     /// The session started closing on its own: a protocol error, the rate limit.
     Closing(CloseCause),
-    /// A complete data message, with the connection's sending half and user state.
-    Message {
-        /// The message, borrowed from the input.
-        msg: Message<'a>,
-        /// The sending half, for the callback's handle.
-        core: &'a mut Core,
-        /// The application's state for this connection.
-        user: &'a mut S,
-    },
+    /// A complete data message, borrowed from the input, for the application.
+    Message(Message<'a>),
+}
+
+/// The read half of a session: the frame decoder. Apart from [`Core`] so that a
+/// message borrowed from the input can be handed to the application together with the
+/// sending half (see [`Session::split`]).
+#[derive(Debug)]
+pub struct Reader {
+    decoder: Decoder,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -256,13 +257,24 @@ struct Open {
     expires: Tick,
     tokens: u32,
     tokens_tick: Tick,
-    /// Reading stops until the queue drains (`PauseReading`).
-    paused: bool,
-    /// Over the cap or blocked since the queue last drained: `on_drain` is owed.
-    congested: bool,
+    backlog: Backlog,
 }
 
+/// How the outgoing queue of an open connection stands since it last drained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Backlog {
+    /// Written as fast as it is queued.
+    Clear,
+    /// Went over the cap, or the transport blocked: `on_drain` is owed.
+    Congested,
+    /// Congested, and reading stops until the queue drains (`PauseReading`).
+    Paused,
+}
+
+// A plain tag byte first: the hot path matches on the phase a few times per message.
 #[derive(Clone, Copy, Debug)]
+#[repr(u8)]
 enum Phase {
     Handshaking { since: Tick },
     Open(Open),
@@ -289,7 +301,7 @@ pub struct Core {
 pub struct Session<S> {
     /// Input left over from the last read (a partial frame, or reading paused).
     leftover: Option<Ring>,
-    decoder: Decoder,
+    reader: Reader,
     core: Core,
     user: S,
 }
@@ -299,7 +311,7 @@ impl<S: Default> Session<S> {
     pub fn new(now: Tick) -> Self {
         Session {
             leftover: None,
-            decoder: Decoder::new(),
+            reader: Reader { decoder: Decoder::new() },
             core: Core { phase: Phase::Handshaking { since: now }, out: Outbox::default() },
             user: S::default(),
         }
@@ -341,7 +353,20 @@ impl<S: Default> Session<S> {
     /// Input should be read and fed in: false while paused for backpressure.
     #[inline]
     pub fn wants_read(&self) -> bool {
-        !matches!(self.core.phase, Phase::Open(Open { paused: true, .. }) | Phase::Ended(_) | Phase::Done)
+        !matches!(self.core.phase, Phase::Open(Open { backlog: Backlog::Paused, .. }) | Phase::Ended(_) | Phase::Done)
+    }
+
+    /// The decoder holds nothing: no partial frame, no message in progress.
+    #[inline(always)]
+    pub fn decoder_is_idle(&self) -> bool {
+        self.reader.decoder.is_idle()
+    }
+
+    /// The read half, the sending half and the application's state, to decode input
+    /// ([`Reader::handle_frames`]) and hand each message to the application.
+    #[inline(always)]
+    pub fn split(&mut self) -> (&mut Reader, &mut Core, &mut S) {
+        (&mut self.reader, &mut self.core, &mut self.user)
     }
 
     /// Whether an unfinished frame or message waits for more input.
@@ -416,8 +441,7 @@ impl<S: Default> Session<S> {
             expires: expires.unwrap_or(NEVER),
             tokens: cfg.max_msg_rate.unwrap_or(0),
             tokens_tick: now,
-            paused: false,
-            congested: false,
+            backlog: Backlog::Clear,
         });
     }
 
@@ -430,66 +454,6 @@ impl<S: Default> Session<S> {
         self.core.out.discard(pool);
         self.core.out.push(pool, response);
         self.core.phase = Phase::Refused { since: now };
-    }
-
-    /// Decodes from the front of `data` (the input, at most up to one event). Returns
-    /// the bytes consumed and what they were. `(0, _)`: call again with more input.
-    /// Control frames are answered here (pong, the close echo); protocol errors close
-    /// with the right code.
-    #[inline(always)]
-    pub fn handle_frames<'a>(
-        &'a mut self,
-        data: &'a mut [u8],
-        cfg: &SessionConfig,
-        pool: &mut BufPool,
-        now: Tick,
-    ) -> (usize, Received<'a, S>) {
-        let Session { decoder, core, user, .. } = self;
-        match core.phase {
-            Phase::Open(Open { paused: false, .. }) | Phase::Closing { .. } => {}
-            Phase::Open(_) | Phase::Handshaking { .. } => return (0, Received::Nothing),
-            // Lingering after a close or a refusal: the peer's bytes are of no interest.
-            _ => return (data.len(), Received::Nothing),
-        }
-        let len = data.len();
-        if len == 0 && decoder.is_idle() {
-            return (0, Received::Nothing);
-        }
-        let (n, ev) = match decoder.decode(data, &cfg.decoder) {
-            Ok(r) => r,
-            Err(e) => {
-                core.fail(CloseCause::Protocol(e), pool, now);
-                return (len, Received::Closing(CloseCause::Protocol(e)));
-            }
-        };
-        let Some(ev) = ev else {
-            return (n, Received::Nothing);
-        };
-        let msg = match ev {
-            Event::Text(s) => Message::Text(s),
-            Event::Binary(b) => Message::Binary(b),
-            Event::Ping(p) => {
-                if core.is_open() {
-                    let _ = core.send(OpCode::Pong, p, cfg, pool, now);
-                }
-                return (n, Received::Control(OpCode::Ping));
-            }
-            Event::Pong(_) => return (n, Received::Control(OpCode::Pong)),
-            Event::Close(close) => {
-                core.peer_closed(close.map(|(c, _)| c), pool, now);
-                return (len, Received::Control(OpCode::Close));
-            }
-        };
-        let Phase::Open(o) = &mut core.phase else {
-            // Data after our close frame is ignored (RFC 6455 5.5.1).
-            return (n, Received::Nothing);
-        };
-        if cfg.max_msg_rate.is_some() && !o.take_token(cfg, now) {
-            let c = CloseCause::RateLimit;
-            core.close(c, c.code(), c.reason(), pool, now);
-            return (n, Received::Closing(c));
-        }
-        (n, Received::Message { msg, core, user })
     }
 
     /// The peer's end of the stream arrived (EOF).
@@ -532,7 +496,7 @@ impl<S: Default> Session<S> {
     /// The transport would block with bytes still queued.
     pub fn handle_write_blocked(&mut self) {
         if let Phase::Open(o) = &mut self.core.phase {
-            o.congested = true;
+            o.congest();
         }
     }
 
@@ -602,6 +566,14 @@ impl<S: Default> Session<S> {
         self.core.out.transmit(out)
     }
 
+    /// All the bytes to write when they are one slice (the usual case); `None`: use
+    /// [`Session::poll_transmit`].
+    #[must_use]
+    #[inline(always)]
+    pub fn poll_transmit_one(&self) -> Option<&[u8]> {
+        self.core.out.transmit_one()
+    }
+
     /// `n` bytes of what [`Session::poll_transmit`] gave were written.
     #[inline(always)]
     pub fn consume(&mut self, n: usize, pool: &mut BufPool, now: Tick) -> Flushed {
@@ -615,9 +587,8 @@ impl<S: Default> Session<S> {
             }
             return Flushed::Pending;
         }
-        if o.congested || o.paused {
-            o.congested = false;
-            o.paused = false;
+        if o.backlog != Backlog::Clear {
+            o.backlog = Backlog::Clear;
             return Flushed::Drained;
         }
         Flushed::Empty
@@ -682,7 +653,87 @@ impl<S: Default> Session<S> {
     }
 }
 
+impl Reader {
+    /// Nothing pending: no partial frame, no message in progress.
+    #[inline(always)]
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_idle()
+    }
+
+    /// Decodes from the front of `data` (the input) for the session whose sending half
+    /// is `core`, at most up to one event. Returns
+    /// the bytes consumed and what they were. `(0, _)`: call again with more input.
+    /// Control frames are answered here (pong, the close echo); protocol errors close
+    /// with the right code.
+    #[inline(always)]
+    pub fn handle_frames<'a>(
+        &'a mut self,
+        core: &mut Core,
+        data: &'a mut [u8],
+        cfg: &SessionConfig,
+        pool: &mut BufPool,
+        now: Tick,
+    ) -> (usize, Received<'a>) {
+        let decoder = &mut self.decoder;
+        match core.phase {
+            Phase::Open(Open { backlog: Backlog::Clear | Backlog::Congested, .. }) | Phase::Closing { .. } => {}
+            Phase::Open(_) | Phase::Handshaking { .. } => return (0, Received::Nothing),
+            // Lingering after a close or a refusal: the peer's bytes are of no interest.
+            _ => return (data.len(), Received::Nothing),
+        }
+        let len = data.len();
+        if len == 0 && decoder.is_idle() {
+            return (0, Received::Nothing);
+        }
+        let (n, ev) = match decoder.decode(data, &cfg.decoder) {
+            Ok(r) => r,
+            Err(e) => {
+                core.fail(CloseCause::Protocol(e), pool, now);
+                return (len, Received::Closing(CloseCause::Protocol(e)));
+            }
+        };
+        let Some(ev) = ev else {
+            return (n, Received::Nothing);
+        };
+        let msg = match ev {
+            Event::Text(s) => Message::Text(s),
+            Event::Binary(b) => Message::Binary(b),
+            Event::Ping(p) => {
+                if core.is_open() {
+                    let _ = core.send(OpCode::Pong, p, cfg, pool, now);
+                }
+                return (n, Received::Control(OpCode::Ping));
+            }
+            Event::Pong(_) => return (n, Received::Control(OpCode::Pong)),
+            Event::Close(close) => {
+                core.peer_closed(close.map(|(c, _)| c), pool, now);
+                return (len, Received::Control(OpCode::Close));
+            }
+        };
+        let Phase::Open(o) = &mut core.phase else {
+            // Data after our close frame is ignored (RFC 6455 5.5.1).
+            return (n, Received::Nothing);
+        };
+        if cfg.max_msg_rate.is_some() && !o.take_token(cfg, now) {
+            let c = CloseCause::RateLimit;
+            core.close(c, c.code(), c.reason(), pool, now);
+            return (n, Received::Closing(c));
+        }
+        (n, Received::Message(msg))
+    }
+}
+
 impl Open {
+    /// Marks the queue congested; true if it was not (a new episode, counted once).
+    #[inline]
+    fn congest(&mut self) -> bool {
+        let new = self.backlog == Backlog::Clear;
+        if new {
+            self.backlog = Backlog::Congested;
+        }
+        new
+    }
+
     /// Token bucket: refills by elapsed ticks, takes one; false when empty.
     #[inline]
     fn take_token(&mut self, cfg: &SessionConfig, now: Tick) -> bool {
@@ -741,8 +792,7 @@ impl Core {
         let cap = cfg.max_backpressure;
         let mut went_over = false;
         if before > 0 && before + payload.len() > cap && !op.is_control() {
-            went_over = !o.congested;
-            o.congested = true;
+            went_over = o.congest();
             match cfg.backpressure_policy {
                 BackpressurePolicy::Close => {
                     let c = CloseCause::SlowConsumer;
@@ -750,7 +800,7 @@ impl Core {
                     return Sent::capped(went_over);
                 }
                 BackpressurePolicy::Drop => return Sent::capped(went_over),
-                BackpressurePolicy::PauseReading => o.paused = true,
+                BackpressurePolicy::PauseReading => o.backlog = Backlog::Paused,
             }
         }
         if before == 0 {
@@ -758,10 +808,9 @@ impl Core {
         }
         self.out.queue_frame(pool, op, payload);
         if self.out.len() > cap {
-            went_over |= !o.congested;
-            o.congested = true;
+            went_over |= o.congest();
             if cfg.backpressure_policy == BackpressurePolicy::PauseReading {
-                o.paused = true;
+                o.backlog = Backlog::Paused;
             }
             return Sent { status: SendStatus::QueuedOverCap, went_over, capped: false };
         }
@@ -777,8 +826,7 @@ impl Core {
             return Sent::NOT_OPEN;
         };
         if before > 0 && before + frame.len() > cfg.max_backpressure {
-            let went_over = !o.congested;
-            o.congested = true;
+            let went_over = o.congest();
             if cfg.backpressure_policy == BackpressurePolicy::Close {
                 let c = CloseCause::SlowConsumer;
                 self.close(c, c.code(), c.reason(), pool, now);

@@ -108,6 +108,17 @@ impl Outbox {
         self.push(pool, &rest);
     }
 
+    /// All the queued bytes when they are one slice (the usual case: a ring that has
+    /// not wrapped, no overflow); `None` otherwise, and then [`Outbox::transmit`].
+    #[inline(always)]
+    pub fn transmit_one(&self) -> Option<&[u8]> {
+        if self.overflow.is_some() {
+            return None;
+        }
+        let (a, b) = self.ring.as_ref()?.as_slices();
+        b.is_empty().then_some(a)
+    }
+
     /// The queued bytes in order, as up to [`MAX_TRANSMIT_SLICES`] slices written into
     /// `out`; returns how many. Zero when nothing is queued.
     #[inline(always)]
@@ -150,7 +161,10 @@ impl Outbox {
             if let Some(ring) = self.ring.take() {
                 pool.give(ring);
             }
-            self.overflow = None;
+            if self.overflow.is_some() {
+                // Checked first: dropping the `None` is an out-of-line call per message.
+                self.overflow = None;
+            }
             return true;
         }
         let mut rest = n;
@@ -283,6 +297,27 @@ mod tests {
             drain(&mut general, &mut pool, usize::MAX, &mut b);
             assert_eq!(a, b, "payload of {len} bytes");
         }
+    }
+
+    #[test]
+    fn the_one_slice_fast_path_hands_out_what_the_general_path_does() {
+        let mut pool = BufPool::new(512, 4);
+        let mut out = Outbox::default();
+        let mut checked = 0;
+        for i in 0..300usize {
+            out.queue_frame(&mut pool, OpCode::Binary, &vec![i as u8; i % 97]);
+            if let Some(one) = out.transmit_one() {
+                let mut iov = [IoSlice::new(&[]); MAX_TRANSMIT_SLICES];
+                let k = out.transmit(&mut iov);
+                let all: Vec<u8> = iov[..k].iter().flat_map(|s| s.to_vec()).collect();
+                assert_eq!(one, &all[..]);
+                checked += 1;
+            }
+            // Partial writes move the ring's head so it wraps now and then.
+            let n = out.len().min(101);
+            out.consume(&mut pool, n);
+        }
+        assert!(checked > 100, "{checked}");
     }
 
     #[test]

@@ -48,11 +48,12 @@ impl Rig {
         let mut data = bytes.to_vec();
         self.s.handle_received(self.now);
         let mut pos = 0;
+        let (reader, core, user) = self.s.split();
         loop {
-            let (n, r) = self.s.handle_frames(&mut data[pos..], &self.cfg, &mut self.pool, self.now);
+            let (n, r) = reader.handle_frames(core, &mut data[pos..], &self.cfg, &mut self.pool, self.now);
             pos += n;
             match r {
-                Received::Message { msg, core, user } => {
+                Received::Message(msg) => {
                     assert_eq!(*user, 7, "the state made at accept");
                     self.got.push((matches!(msg, Message::Text(_)), msg.as_bytes().to_vec()));
                     if self.echo {
