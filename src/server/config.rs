@@ -79,8 +79,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Timer wheel resolution (default 100 ms).
     pub tick: Duration,
-    /// Broadcast deliveries to one socket within this window share one write
-    /// (default 2 ms; zero writes at the end of every loop turn).
+    /// The longest a broadcast waits to share a write with later ones (default 2 ms).
+    /// An idle worker writes each broadcast at the end of the loop turn it arrives in;
+    /// after a flush that took `t`, broadcasts wait up to `t` (at most this) for the
+    /// next batch, so batching grows with the load. Zero writes every turn.
     pub broadcast_coalesce: Duration,
     /// Pause after EMFILE/ENFILE before accepting again (default 100 ms).
     pub accept_pause: Duration,

@@ -3,6 +3,7 @@
 //! slab and the handler live beside the context in the worker, so both can be borrowed
 //! at once.
 
+use super::batching::Batching;
 use super::config::Config;
 use super::conn::Meta;
 use super::handler::{ConnId, Message, SendStatus};
@@ -44,14 +45,13 @@ pub(crate) struct Ctx {
     pub now_tick: Tick,
     pub tick_ns: u64,
     pub ticks_per_sec: u32,
-    pub coalesce_ns: u64,
     /// Connections with output to flush at the end of the turn.
     pub dirty: Vec<u32>,
     /// The connection being read (flushed right after its read, so not listed).
     pub current: u32,
-    /// Connections with broadcast output waiting for the coalescing window.
+    /// Connections with broadcast output waiting for its batch (see `batching`).
     pub deferred: Vec<u32>,
-    pub deferred_since: Option<u64>,
+    pub batching: Batching,
     pub topics: LocalTopics,
     /// Publishes made by handlers on this worker, delivered after the callback returns.
     pub local_pubs: Vec<(Arc<str>, Arc<[u8]>)>,
@@ -94,11 +94,10 @@ impl Ctx {
             now_tick: 0,
             tick_ns: cfg.tick.as_nanos().clamp(1, u64::MAX as u128) as u64,
             ticks_per_sec: (1_000_000_000 / cfg.tick.as_nanos().max(1)).clamp(1, u32::MAX as u128) as u32,
-            coalesce_ns: cfg.broadcast_coalesce.as_nanos().min(u64::MAX as u128) as u64,
+            batching: Batching::new(cfg.broadcast_coalesce.as_nanos().min(u64::MAX as u128) as u64),
             dirty: Vec::new(),
             current: NO_CONN,
             deferred: Vec::new(),
-            deferred_since: None,
             topics: LocalTopics::default(),
             local_pubs: Vec::new(),
             claims: None,
@@ -133,14 +132,13 @@ impl Ctx {
         }
     }
 
-    /// Puts the connection on the broadcast flush list.
+    /// Puts the connection on the broadcast flush list, written when the batching
+    /// policy says.
     pub fn mark_deferred(&mut self, meta: &mut Meta, key: u32) {
         if !meta.deferred {
             meta.deferred = true;
             self.deferred.push(key);
-            if self.deferred_since.is_none() {
-                self.deferred_since = Some(self.now_ns);
-            }
+            self.batching.queued(self.now_ns);
         }
     }
 
@@ -163,7 +161,7 @@ impl Ctx {
     /// Counts what a send did; lists the connection for flushing.
     #[inline(always)]
     pub fn sent(&mut self, core: &Core, meta: &mut Meta, key: u32, sent: Sent, data: bool) -> SendStatus {
-        if sent.status == SendStatus::Queued && !sent.went_over {
+        if sent == Sent::Queued {
             // The usual outcome: bytes queued within the cap.
             if data {
                 self.metrics.messages_out.inc();
@@ -176,11 +174,11 @@ impl Ctx {
 
     #[inline(never)]
     fn sent_unusual(&mut self, core: &Core, meta: &mut Meta, key: u32, sent: Sent, data: bool) -> SendStatus {
-        if sent.went_over {
+        if sent.went_over() {
             self.metrics.backpressure_events.inc();
         }
-        if sent.status == SendStatus::Dropped {
-            if sent.capped {
+        if sent.status() == SendStatus::Dropped {
+            if sent.capped() {
                 self.metrics.backpressure_drops.inc();
             }
         } else if data {
@@ -189,17 +187,17 @@ impl Ctx {
         if core.buffered() > 0 {
             self.mark_dirty(meta, key);
         }
-        sent.status
+        sent.status()
     }
 
     /// Queues a pre-encoded broadcast frame for a subscriber.
     pub fn deliver(&mut self, core: &mut Core, meta: &mut Meta, key: u32, frame: &[u8]) {
         let sent = core.deliver(frame, &self.scfg, &mut self.wpool, self.now_tick);
-        if sent.went_over {
+        if sent.went_over() {
             self.metrics.backpressure_events.inc();
         }
-        match sent.status {
-            SendStatus::Dropped if sent.capped => {
+        match sent.status() {
+            SendStatus::Dropped if sent.capped() => {
                 self.metrics.broadcast_drops.inc();
                 if core.buffered() > 0 {
                     // Closed for being slow: the close frame goes out with the turn.

@@ -28,6 +28,7 @@
 mod accept;
 mod admin;
 mod apps;
+mod batching;
 mod bridge;
 mod clock;
 mod config;

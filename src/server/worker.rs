@@ -11,7 +11,7 @@ use super::sock::Sock;
 use super::timer::TimerId;
 use crate::buf::Ring;
 use crate::proto::frame::OpCode;
-use crate::session::{CloseCause, Ending, Flushed, Received, Timeout, MAX_TRANSMIT_SLICES};
+use crate::session::{CloseCause, Ending, Flushed, ReadTarget, Received, Timeout, MAX_TRANSMIT_SLICES};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -121,7 +121,9 @@ impl<H: Handler> Worker<H> {
                         if let Some(c) = self.conns.get_mut(k) {
                             if c.meta.dirty || ev.is_writable() {
                                 c.meta.dirty = false;
-                                self.flush(key);
+                                if let Some(res) = flush_conn(c, &mut self.ctx) {
+                                    self.flushed(key, res);
+                                }
                             }
                         }
                     }
@@ -149,8 +151,8 @@ impl<H: Handler> Worker<H> {
         if let Some(ticks) = self.ctx.wheel.ticks_until_next(self.ctx.now_tick as u64) {
             at = (self.ctx.now_tick as u64 + ticks).saturating_mul(self.ctx.tick_ns);
         }
-        if let Some(since) = self.ctx.deferred_since {
-            at = at.min(since.saturating_add(self.ctx.coalesce_ns));
+        if let Some(due) = self.ctx.batching.due() {
+            at = at.min(due);
         }
         if let Some(t) = self.accept_paused_until {
             at = at.min(t);
@@ -179,10 +181,8 @@ impl<H: Handler> Worker<H> {
         if !self.ctx.dirty.is_empty() {
             self.flush_dirty();
         }
-        if let Some(since) = self.ctx.deferred_since {
-            if now.saturating_sub(since) >= self.ctx.coalesce_ns {
-                self.flush_deferred();
-            }
+        if self.ctx.batching.due().is_some_and(|due| now >= due) {
+            self.flush_deferred();
         }
         if let Some(deadline) = self.drain_deadline {
             if self.conns.is_empty() {
@@ -217,14 +217,17 @@ impl<H: Handler> Worker<H> {
             let Some(conn) = conns.get_mut(key as usize) else {
                 return;
             };
-            if !conn.session.wants_read() {
-                conn.meta.maybe_readable = true;
-                return;
-            }
-            conn.meta.maybe_readable = false;
             // An open connection with nothing left over reads into the scratch ring;
             // anything else into its own (a partial frame continues where it is).
-            let use_scratch = !conn.session.has_leftover() && conn.session.is_open();
+            let use_scratch = match conn.session.read_target() {
+                ReadTarget::Paused => {
+                    conn.meta.maybe_readable = true;
+                    return;
+                }
+                ReadTarget::Scratch => true,
+                ReadTarget::Own => false,
+            };
+            conn.meta.maybe_readable = false;
             let ring = if use_scratch { &mut *scratch } else { conn.session.input_ring(&mut ctx.rpool) };
             let free = ring.free();
             if free == 0 {
@@ -371,8 +374,9 @@ impl<H: Handler> Worker<H> {
         self.work = work;
     }
 
+    /// Writes the pending broadcast batch, and tells the batching policy what it cost.
     fn flush_deferred(&mut self) {
-        self.ctx.deferred_since = None;
+        let started = self.ctx.clock_ns();
         let mut work = std::mem::take(&mut self.work);
         std::mem::swap(&mut work, &mut self.ctx.deferred);
         for &key in &work {
@@ -384,22 +388,19 @@ impl<H: Handler> Worker<H> {
         }
         work.clear();
         self.work = work;
+        let ended = self.ctx.clock_ns();
+        self.ctx.batching.flushed(ended, ended.saturating_sub(started));
     }
 
     /// Writes what the session has queued and deals with the outcome.
     #[inline(always)]
     fn flush(&mut self, key: u32) {
-        let Worker { conns, ctx, .. } = self;
-        let Some(conn) = conns.get_mut(key as usize) else {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
-        let res = write_out(conn, ctx);
-        // The usual outcome: all written by an open connection that was not waiting
-        // for POLLOUT, so nothing changes state.
-        if matches!(res, Ok(Flushed::Empty)) && !conn.meta.write_interest && conn.session.is_open() {
-            return;
+        if let Some(res) = flush_conn(conn, &mut self.ctx) {
+            self.flushed(key, res);
         }
-        self.flushed(key, res);
     }
 
     /// The outcome of a flush other than the usual one: errors, a socket that would
@@ -416,7 +417,7 @@ impl<H: Handler> Worker<H> {
                 conn.session.handle_reset();
             }
             Ok(Flushed::Pending) => {
-                conn.session.handle_write_blocked();
+                conn.session.handle_write_blocked(ctx.now_tick);
                 if !conn.meta.write_interest {
                     conn.meta.write_interest = true;
                     let _ = poll.registry().reregister(
@@ -611,6 +612,18 @@ impl Ctx {
     }
 }
 
+/// Writes what the session has queued. `None` is the usual outcome (all written by an
+/// open connection that was not waiting for POLLOUT, so nothing changes state);
+/// anything else goes to `Worker::flushed`.
+#[inline(always)]
+fn flush_conn<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx) -> Option<io::Result<Flushed>> {
+    let res = write_out(conn, ctx);
+    if matches!(res, Ok(Flushed::Empty)) && !conn.meta.write_interest {
+        return None;
+    }
+    Some(res)
+}
+
 /// Writes what the session hands out until it is all written or the socket would block.
 #[inline(always)]
 fn write_out<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx) -> io::Result<Flushed> {
@@ -622,7 +635,7 @@ fn write_out<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx) -> io::Result<Flushe
             None => {
                 let mut iov = [IoSlice::new(&[]); MAX_TRANSMIT_SLICES];
                 match conn.session.poll_transmit(&mut iov) {
-                    0 => break Ok(Flushed::Empty),
+                    0 => break Ok(if conn.session.is_open() { Flushed::Empty } else { Flushed::Written }),
                     k => sock.write_vectored(&iov[..k]),
                 }
             }

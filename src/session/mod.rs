@@ -7,7 +7,8 @@
 //!
 //! Order of calls, as the worker makes them:
 //! 1. bytes read: [`Session::handle_received`] once per read, then
-//!    [`Session::handle_frames`] until it returns `(0, _)`; while handshaking, the
+//!    [`Session::split`] and [`Reader::handle_frames`] until it returns
+//!    `(0, _)` or the input is used up with the reader idle; while handshaking, the
 //!    driver parses the request itself and answers with [`Session::accept`] or
 //!    [`Session::refuse`];
 //! 2. application sends and closes through [`Core`] (what a callback's handle wraps);
@@ -158,8 +159,11 @@ pub enum Timeout {
 pub enum Flushed {
     /// Bytes remain.
     Pending,
-    /// Everything is written.
+    /// Everything is written by an open connection, and nothing is owed.
     Empty,
+    /// Everything is written by a connection that is not open (handshaking, closing,
+    /// closed): see [`Session::poll_end`].
+    Written,
     /// Everything is written after the queue had been over the cap or blocked: the
     /// handler's `on_drain` is owed, and reading resumes if it was paused.
     Drained,
@@ -207,26 +211,58 @@ pub enum SendStatus {
     Dropped,
 }
 
-/// A send's status and what the driver counts.
+/// A send's status and what the driver counts: one byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Sent {
-    pub status: SendStatus,
-    /// The connection went over its cap with this send (once per episode).
-    pub went_over: bool,
-    /// Dropped because the connection is over its cap (not because it is closed).
-    pub capped: bool,
+#[repr(u8)]
+pub(crate) enum Sent {
+    /// Queued within the cap.
+    Queued,
+    /// Queued, now over the cap; `first`: the connection just went over.
+    OverCap { first: bool },
+    /// Dropped because the connection is over its cap; `first` as above.
+    Capped { first: bool },
+    /// Dropped: the connection is not open.
+    NotOpen,
 }
 
 impl Sent {
-    const QUEUED: Sent = Sent { status: SendStatus::Queued, went_over: false, capped: false };
-    const NOT_OPEN: Sent = Sent { status: SendStatus::Dropped, went_over: false, capped: false };
+    /// What the caller is told.
+    #[inline]
+    pub fn status(self) -> SendStatus {
+        match self {
+            Sent::Queued => SendStatus::Queued,
+            Sent::OverCap { .. } => SendStatus::QueuedOverCap,
+            Sent::Capped { .. } | Sent::NotOpen => SendStatus::Dropped,
+        }
+    }
 
-    fn capped(went_over: bool) -> Sent {
-        Sent { status: SendStatus::Dropped, went_over, capped: true }
+    /// The connection went over its cap with this send (once per episode).
+    #[inline]
+    pub fn went_over(self) -> bool {
+        matches!(self, Sent::OverCap { first: true } | Sent::Capped { first: true })
+    }
+
+    /// Dropped because the connection is over its cap (not because it is closed).
+    #[inline]
+    pub fn capped(self) -> bool {
+        matches!(self, Sent::Capped { .. })
     }
 }
 
-/// What one [`Session::handle_frames`] step produced.
+/// Where input should be read into (see [`Session::read_target`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadTarget {
+    /// Not now: paused for backpressure, or the session has ended.
+    Paused,
+    /// Open with nothing left over: any ring will do (the worker's scratch ring), and
+    /// only undecoded bytes need to stay with the session.
+    Scratch,
+    /// The session's own input ring ([`Session::input_ring`]): the request while
+    /// handshaking, or after a partial frame.
+    Own,
+}
+
+/// What one [`Reader::handle_frames`] step produced.
 #[derive(Debug)]
 pub enum Received<'a> {
     /// Nothing for the application.
@@ -251,7 +287,8 @@ pub struct Reader {
 struct Open {
     last_rx: Tick,
     last_ping: Tick,
-    /// When the outgoing queue last became non-empty or made progress.
+    /// When the outgoing queue became congested or last made progress while congested
+    /// (the write-stall clock; a queue that is written as fast as it fills has none).
     tx_since: Tick,
     /// The token's expiry, or `NEVER`.
     expires: Tick,
@@ -353,7 +390,7 @@ impl<S: Default> Session<S> {
     /// Input should be read and fed in: false while paused for backpressure.
     #[inline]
     pub fn wants_read(&self) -> bool {
-        !matches!(self.core.phase, Phase::Open(Open { backlog: Backlog::Paused, .. }) | Phase::Ended(_) | Phase::Done)
+        self.read_target() != ReadTarget::Paused
     }
 
     /// The decoder holds nothing: no partial frame, no message in progress.
@@ -367,6 +404,26 @@ impl<S: Default> Session<S> {
     #[inline(always)]
     pub fn split(&mut self) -> (&mut Reader, &mut Core, &mut S) {
         (&mut self.reader, &mut self.core, &mut self.user)
+    }
+
+    /// Where the driver should read input into, if anywhere: one look at the phase for
+    /// what the read path asks each time.
+    #[inline(always)]
+    pub fn read_target(&self) -> ReadTarget {
+        match self.core.phase {
+            Phase::Open(Open { backlog: Backlog::Paused, .. }) | Phase::Ended(_) | Phase::Done => ReadTarget::Paused,
+            Phase::Open(_) if self.leftover.is_none() => ReadTarget::Scratch,
+            _ => ReadTarget::Own,
+        }
+    }
+
+    /// Bytes arrived (call once per read, before decoding them): input is life, it
+    /// puts off the ping and the idle timeout.
+    #[inline(always)]
+    pub fn handle_received(&mut self, now: Tick) {
+        if let Phase::Open(o) = &mut self.core.phase {
+            o.last_rx = now;
+        }
     }
 
     /// Whether an unfinished frame or message waits for more input.
@@ -408,14 +465,6 @@ impl<S: Default> Session<S> {
     }
 
     // ---- inputs ------------------------------------------------------------------
-
-    /// Bytes arrived (call once per read, before decoding them).
-    #[inline(always)]
-    pub fn handle_received(&mut self, now: Tick) {
-        if let Phase::Open(o) = &mut self.core.phase {
-            o.last_rx = now;
-        }
-    }
 
     /// The upgrade is accepted: `response` (the 101) goes out ahead of anything
     /// `on_open` queued, and `user` is the application's state from now on. `expires`
@@ -494,9 +543,9 @@ impl<S: Default> Session<S> {
     }
 
     /// The transport would block with bytes still queued.
-    pub fn handle_write_blocked(&mut self) {
+    pub fn handle_write_blocked(&mut self, now: Tick) {
         if let Phase::Open(o) = &mut self.core.phase {
-            o.congest();
+            o.congest(now);
         }
     }
 
@@ -510,7 +559,8 @@ impl<S: Default> Session<S> {
                 Some(Timeout::Handshake)
             }
             Phase::Open(o) => {
-                if !core.out.is_empty() && now >= o.tx_since.saturating_add(cfg.idle_timeout) {
+                let stalled = o.backlog != Backlog::Clear && !core.out.is_empty();
+                if stalled && now >= o.tx_since.saturating_add(cfg.idle_timeout) {
                     core.phase =
                         Phase::Ended(Some(Closed { code: CloseCode::ABNORMAL, cause: CloseCause::WriteStall }));
                     return Some(Timeout::WriteStall);
@@ -579,7 +629,7 @@ impl<S: Default> Session<S> {
     pub fn consume(&mut self, n: usize, pool: &mut BufPool, now: Tick) -> Flushed {
         let empty = self.core.out.consume(pool, n);
         let Phase::Open(o) = &mut self.core.phase else {
-            return if empty { Flushed::Empty } else { Flushed::Pending };
+            return if empty { Flushed::Written } else { Flushed::Pending };
         };
         if !empty {
             if n > 0 {
@@ -638,7 +688,7 @@ impl<S: Default> Session<S> {
                 let mut due = o.last_rx.saturating_add(cfg.idle_timeout);
                 due = due.min(o.last_rx.max(o.last_ping).saturating_add(cfg.ping_interval));
                 due = due.min(o.expires);
-                if !self.core.out.is_empty() {
+                if o.backlog != Backlog::Clear && !self.core.out.is_empty() {
                     due = due.min(o.tx_since.saturating_add(cfg.idle_timeout));
                 }
                 due
@@ -724,12 +774,14 @@ impl Reader {
 }
 
 impl Open {
-    /// Marks the queue congested; true if it was not (a new episode, counted once).
+    /// Marks the queue congested; true if it was not (a new episode, counted once, and
+    /// the write-stall clock starts).
     #[inline]
-    fn congest(&mut self) -> bool {
+    fn congest(&mut self, now: Tick) -> bool {
         let new = self.backlog == Backlog::Clear;
         if new {
             self.backlog = Backlog::Congested;
+            self.tx_since = now;
         }
         new
     }
@@ -785,36 +837,33 @@ impl Core {
             Phase::Open(o) => o,
             Phase::Handshaking { .. } => {
                 self.out.queue_frame(pool, op, payload);
-                return Sent::QUEUED;
+                return Sent::Queued;
             }
-            _ => return Sent::NOT_OPEN,
+            _ => return Sent::NotOpen,
         };
         let cap = cfg.max_backpressure;
         let mut went_over = false;
         if before > 0 && before + payload.len() > cap && !op.is_control() {
-            went_over = o.congest();
+            went_over = o.congest(now);
             match cfg.backpressure_policy {
                 BackpressurePolicy::Close => {
                     let c = CloseCause::SlowConsumer;
                     self.close(c, c.code(), c.reason(), pool, now);
-                    return Sent::capped(went_over);
+                    return Sent::Capped { first: went_over };
                 }
-                BackpressurePolicy::Drop => return Sent::capped(went_over),
+                BackpressurePolicy::Drop => return Sent::Capped { first: went_over },
                 BackpressurePolicy::PauseReading => o.backlog = Backlog::Paused,
             }
         }
-        if before == 0 {
-            o.tx_since = now;
-        }
         self.out.queue_frame(pool, op, payload);
         if self.out.len() > cap {
-            went_over |= o.congest();
+            went_over |= o.congest(now);
             if cfg.backpressure_policy == BackpressurePolicy::PauseReading {
                 o.backlog = Backlog::Paused;
             }
-            return Sent { status: SendStatus::QueuedOverCap, went_over, capped: false };
+            return Sent::OverCap { first: went_over };
         }
-        Sent { status: SendStatus::Queued, went_over, capped: false }
+        Sent::Queued
     }
 
     /// Queues a pre-encoded broadcast frame for a subscriber, under the slow-subscriber
@@ -823,21 +872,18 @@ impl Core {
     pub(crate) fn deliver(&mut self, frame: &[u8], cfg: &SessionConfig, pool: &mut BufPool, now: Tick) -> Sent {
         let before = self.out.len();
         let Phase::Open(o) = &mut self.phase else {
-            return Sent::NOT_OPEN;
+            return Sent::NotOpen;
         };
         if before > 0 && before + frame.len() > cfg.max_backpressure {
-            let went_over = o.congest();
+            let went_over = o.congest(now);
             if cfg.backpressure_policy == BackpressurePolicy::Close {
                 let c = CloseCause::SlowConsumer;
                 self.close(c, c.code(), c.reason(), pool, now);
             }
-            return Sent::capped(went_over);
-        }
-        if before == 0 {
-            o.tx_since = now;
+            return Sent::Capped { first: went_over };
         }
         self.out.push(pool, frame);
-        Sent::QUEUED
+        Sent::Queued
     }
 
     /// Starts the close handshake (Open -> Closing) with `code` and `reason` (cut to

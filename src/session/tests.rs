@@ -86,12 +86,12 @@ impl Rig {
             }
             left -= n;
             if n == 0 {
-                self.s.handle_write_blocked();
+                self.s.handle_write_blocked(self.now);
                 return Flushed::Pending;
             }
             match self.s.consume(n, &mut self.pool, self.now) {
                 Flushed::Pending if left == 0 => {
-                    self.s.handle_write_blocked();
+                    self.s.handle_write_blocked(self.now);
                     return Flushed::Pending;
                 }
                 Flushed::Pending => {}
@@ -221,7 +221,7 @@ fn close_while_reading_is_paused_for_backpressure_still_reads_the_peers_close() 
     r.budget = 0; // the peer reads nothing
     let big = vec![b'x'; 200];
     let sent = r.s.core().send(OpCode::Binary, &big, &r.cfg, &mut r.pool, 0);
-    assert_eq!(sent.status, SendStatus::QueuedOverCap);
+    assert_eq!(sent.status(), SendStatus::QueuedOverCap);
     assert!(!r.s.wants_read(), "paused");
     assert_eq!(r.feed(&client(OpCode::Text, b"held")), 0, "input left alone while paused");
     r.s.core().close(CloseCause::ShuttingDown, CloseCode::GOING_AWAY, "bye", &mut r.pool, 0);
@@ -277,7 +277,7 @@ fn nothing_is_sent_after_our_close_frame() {
     r.echo = true;
     r.s.core().close(CloseCause::Application, CloseCode::NORMAL, "", &mut r.pool, 0);
     let sent = r.s.core().send(OpCode::Text, b"late", &r.cfg, &mut r.pool, 0);
-    assert_eq!(sent.status, SendStatus::Dropped);
+    assert_eq!(sent.status(), SendStatus::Dropped);
     // Data from the peer after our close is read and ignored; pings get no pong.
     r.feed(&client(OpCode::Text, b"hello"));
     r.feed(&client(OpCode::Ping, b"p"));
@@ -412,7 +412,7 @@ fn a_refusal_is_written_then_lingers_until_eof_and_owes_no_on_close() {
     s.refuse(b"HTTP/1.1 403 Forbidden\r\n\r\n", &mut pool, 2);
     assert!(s.poll_end().is_none(), "the response is not written yet");
     let n = s.buffered();
-    assert_eq!(s.consume(n, &mut pool, 2), Flushed::Empty);
+    assert_eq!(s.consume(n, &mut pool, 2), Flushed::Written);
     assert_eq!(s.poll_end(), Some(Ending::ShutdownWrite));
     assert_eq!(s.poll_timeout(&cfg), Some(2 + cfg.close_timeout));
     s.handle_eof();
@@ -441,8 +441,8 @@ fn drop_policy_hands_the_message_back_and_close_policy_closes_with_1008() {
         let mut r = Rig::with(cfg);
         let a = r.s.core().send(OpCode::Binary, &[0u8; 50], &r.cfg, &mut r.pool, 0);
         let b = r.s.core().send(OpCode::Binary, &[0u8; 50], &r.cfg, &mut r.pool, 0);
-        assert_eq!((a.status, b.status), (SendStatus::Queued, SendStatus::Dropped), "{policy:?}");
-        assert!(b.capped && b.went_over);
+        assert_eq!((a.status(), b.status()), (SendStatus::Queued, SendStatus::Dropped), "{policy:?}");
+        assert!(b.capped() && b.went_over());
         r.flush();
         assert_eq!(r.closes(), if closes { vec![1008] } else { vec![] }, "{policy:?}");
     }
