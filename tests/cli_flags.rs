@@ -150,7 +150,9 @@ fn usage_error(args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_bad_value_is_one_line_naming_flag_value_and_what_is_allowed() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    /// Arguments, environment, what the line must contain.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &["echo", "--workers", "x"],
             &[],
