@@ -8,15 +8,19 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
+# promtool: tests/metrics_promtool.rs and tests/deploy_monitoring.rs (rules check and test).
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"
+  # Another apt or dpkg may be running on a shared machine: wait for its lock (up to
+  # 10 minutes) instead of failing.
+  wait_lock=(-o DPkg::Lock::Timeout=600)
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    apt-get "${wait_lock[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get "${wait_lock[@]}" install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
   else
-    sudo apt-get update -qq
-    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    sudo apt-get "${wait_lock[@]}" update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get "${wait_lock[@]}" install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
   fi
 fi
 python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets

@@ -77,6 +77,74 @@ impl Alg {
     }
 }
 
+/// Why a key cannot be used, from [`JwtVerifier::from_secret`] and
+/// [`JwtVerifier::from_public_key_pem`]; its `Display` says what is wrong and what is
+/// required. At handshake time an unusable key is [`AuthError::KeyError`] (`From`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// The HS256 secret has `len` bytes, fewer than [`MIN_SECRET_LEN`].
+    SecretTooShort {
+        /// The secret's length in bytes.
+        len: usize,
+    },
+    /// A public key was offered for HS256, which takes a shared secret.
+    PublicKeyForHmac,
+    /// The PEM text holds a private key; the verifier takes the public half.
+    PrivateKey {
+        /// The algorithm it was meant for.
+        alg: Alg,
+    },
+    /// The text is not a PEM public key of the algorithm's type.
+    NotAPublicKey {
+        /// The algorithm it was meant for.
+        alg: Alg,
+        /// The PEM or DER parser's reason.
+        detail: String,
+    },
+    /// The RSA modulus has `bits` bits, fewer than [`MIN_RSA_BITS`].
+    RsaTooSmall {
+        /// The modulus size.
+        bits: u32,
+    },
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::SecretTooShort { len } => write!(
+                f,
+                "the HS256 secret has {len} bytes; RFC 7518 section 3.2 requires at least {MIN_SECRET_LEN} bytes \
+                 (as many as the SHA-256 output)"
+            ),
+            KeyError::PublicKeyForHmac => f.write_str("HS256 takes a shared secret, not a public key"),
+            KeyError::PrivateKey { alg } => write!(
+                f,
+                "this is a private key; {} verification takes the public key (`openssl pkey -pubout` writes it)",
+                alg.name()
+            ),
+            KeyError::NotAPublicKey { alg: Alg::Rs256, detail } => write!(
+                f,
+                "not an RSA public key in PEM (-----BEGIN PUBLIC KEY----- or -----BEGIN RSA PUBLIC KEY-----): {detail}"
+            ),
+            KeyError::NotAPublicKey { alg, detail } => {
+                write!(f, "not a P-256 EC public key in PEM (-----BEGIN PUBLIC KEY-----) for {}: {detail}", alg.name())
+            }
+            KeyError::RsaTooSmall { bits } => write!(
+                f,
+                "the RSA key has {bits} bits; RFC 7518 section 3.3 requires at least {MIN_RSA_BITS} bits for RS256"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+impl From<KeyError> for AuthError {
+    fn from(_: KeyError) -> AuthError {
+        AuthError::KeyError
+    }
+}
+
 /// The key, which fixes the algorithm: there is no way to use one with another.
 #[derive(Clone)]
 enum Key {
@@ -99,35 +167,45 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     /// An HS256 verifier with a shared secret of at least [`MIN_SECRET_LEN`] bytes;
-    /// shorter is [`AuthError::KeyError`].
-    pub fn from_secret(secret: &[u8]) -> Result<Self, AuthError> {
+    /// shorter is [`KeyError::SecretTooShort`].
+    pub fn from_secret(secret: &[u8]) -> Result<Self, KeyError> {
         if secret.len() < MIN_SECRET_LEN {
-            return Err(AuthError::KeyError);
+            return Err(KeyError::SecretTooShort { len: secret.len() });
         }
-        let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| AuthError::KeyError)?;
+        // HMAC takes keys of any length: this cannot fail.
+        let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| KeyError::SecretTooShort { len: secret.len() })?;
         Ok(Self::with_key(Key::Hs256(mac)))
     }
 
     /// An RS256 or ES256 verifier with a PEM public key: `PUBLIC KEY` (SubjectPublicKeyInfo,
     /// what `openssl pkey -pubout` writes) for either, or `RSA PUBLIC KEY` (PKCS#1) for
-    /// RS256. [`AuthError::KeyError`] if the PEM does not parse, the key is not of the
+    /// RS256. A [`KeyError`] says why not: the PEM does not parse or the key is not of the
     /// algorithm's type (RSA, or EC on P-256), an RSA key is under [`MIN_RSA_BITS`], or
     /// `alg` is [`Alg::Hs256`] (a public key is not a secret).
-    pub fn from_public_key_pem(pem: &str, alg: Alg) -> Result<Self, AuthError> {
+    pub fn from_public_key_pem(pem: &str, alg: Alg) -> Result<Self, KeyError> {
         let pem = pem.trim();
+        let not_public = |detail: String| {
+            if pem.contains("PRIVATE KEY-----") {
+                KeyError::PrivateKey { alg }
+            } else {
+                KeyError::NotAPublicKey { alg, detail }
+            }
+        };
         let key = match alg {
-            Alg::Hs256 => return Err(AuthError::KeyError),
+            Alg::Hs256 => return Err(KeyError::PublicKeyForHmac),
             Alg::Rs256 => {
-                let key = rsa::PublicKey::from_public_key_pem(pem)
-                    .or_else(|_| rsa::PublicKey::from_pkcs1_pem(pem))
-                    .map_err(|_| AuthError::KeyError)?;
-                if key.n().bit_width_vartime() < MIN_RSA_BITS as u32 {
-                    return Err(AuthError::KeyError);
+                let key = rsa::PublicKey::from_public_key_pem(pem).or_else(|spki| {
+                    rsa::PublicKey::from_pkcs1_pem(pem)
+                        .map_err(|pkcs1| not_public(format!("{spki}; as PKCS#1: {pkcs1}")))
+                })?;
+                let bits = key.n().bit_width_vartime();
+                if bits < MIN_RSA_BITS as u32 {
+                    return Err(KeyError::RsaTooSmall { bits });
                 }
                 Key::Rs256(rsa::pkcs1v15::VerifyingKey::new(key))
             }
             Alg::Es256 => {
-                Key::Es256(p256::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|_| AuthError::KeyError)?)
+                Key::Es256(p256::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|e| not_public(e.to_string()))?)
             }
         };
         Ok(Self::with_key(key))
@@ -572,7 +650,7 @@ mod tests {
             assert_eq!(rs().verify(&forged, NOW), Err(AuthError::AlgorithmMismatch));
         }
         // And a public key can never be configured as an HMAC secret through the PEM API.
-        assert_eq!(JwtVerifier::from_public_key_pem(pem, Alg::Hs256).unwrap_err(), AuthError::KeyError);
+        assert_eq!(JwtVerifier::from_public_key_pem(pem, Alg::Hs256).unwrap_err(), KeyError::PublicKeyForHmac);
     }
 
     #[test]
@@ -685,20 +763,31 @@ mod tests {
     #[test]
     fn unusable_keys() {
         let keys = |name| std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        assert_eq!(JwtVerifier::from_secret(&SECRET[..31]).unwrap_err(), AuthError::KeyError);
+        let short = JwtVerifier::from_secret(&SECRET[..31]).unwrap_err();
+        assert_eq!(short, KeyError::SecretTooShort { len: 31 });
+        assert_eq!(
+            short.to_string(),
+            "the HS256 secret has 31 bytes; RFC 7518 section 3.2 requires at least 32 bytes (as many as the SHA-256 \
+             output)"
+        );
         assert!(JwtVerifier::from_secret(&[7; 32]).is_ok());
         let cases = [
-            (keys("rsa1024-public.pem"), Alg::Rs256),
-            (keys("p384-public.pem"), Alg::Es256),
-            (ES_PUBLIC.to_owned(), Alg::Rs256),
-            (RS_PUBLIC.to_owned(), Alg::Es256),
-            (RS_PUBLIC_PKCS1.to_owned(), Alg::Es256),
-            (RS_PRIVATE.to_owned(), Alg::Rs256),
-            ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_owned(), Alg::Rs256),
-            ("not pem".to_owned(), Alg::Es256),
+            (
+                keys("rsa1024-public.pem"),
+                Alg::Rs256,
+                "the RSA key has 1024 bits; RFC 7518 section 3.3 requires at least 2048",
+            ),
+            (keys("p384-public.pem"), Alg::Es256, "not a P-256 EC public key"),
+            (ES_PUBLIC.to_owned(), Alg::Rs256, "not an RSA public key"),
+            (RS_PUBLIC.to_owned(), Alg::Es256, "not a P-256 EC public key"),
+            (RS_PUBLIC_PKCS1.to_owned(), Alg::Es256, "not a P-256 EC public key"),
+            (RS_PRIVATE.to_owned(), Alg::Rs256, "this is a private key; RS256 verification takes the public key"),
+            ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_owned(), Alg::Rs256, "not an RSA"),
+            ("not pem".to_owned(), Alg::Es256, "not a P-256 EC public key in PEM"),
         ];
-        for (pem, alg) in &cases {
-            assert_eq!(JwtVerifier::from_public_key_pem(pem, *alg).unwrap_err(), AuthError::KeyError, "{alg:?} {pem}");
+        for (pem, alg, want) in &cases {
+            let e = JwtVerifier::from_public_key_pem(pem, *alg).unwrap_err().to_string();
+            assert!(e.contains(want), "{alg:?} {pem}: {e:?} lacks {want:?}");
         }
     }
 

@@ -1,46 +1,16 @@
-//! Command-line parsing, by hand to keep the binary small.
+//! Command-line parsing: each flag defined once, with clap's derive, in the mode's
+//! struct or the ones they share ([`Common`], [`Timed`]); `--help`, defaults and the
+//! `WSLOOP_BENCH_<FLAG>` variables come from there.
 
-use std::fmt;
+use crate::cli::{self, count, secs, Exit, Secs};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::time::Duration;
 
-pub const USAGE: &str = "\
-usage: wsloop-bench <echo|idle|broadcast> --url ws://HOST:PORT/PATH [options]
+/// Longest duration any seconds flag accepts.
+const MAX_SECS: f64 = 86_400.0;
 
-modes:
-  echo       each connection keeps --inflight messages in flight and checks every echo
-             (content and opcode); reports msgs/s, MB/s (payload, one way) and latency
-  idle       opens --conns connections, holds them (answering pings), then closes each
-             with a close frame; reports connect rate, handshake latency and, with
-             --server-pid, the server's RSS per connection
-  broadcast  one publisher and --subs subscribers on the same URL; the server must relay
-             every message to every connection there (sender included); the publisher
-             sends --rate msgs/s, subscribers measure fan-out latency and delivery ratio
-
-common options:
-  --url URL              ws://HOST[:PORT][/PATH] (required; wss is not supported)
-  --threads N            generator threads, one mio loop each (default 1)
-  --server-pid PID       sample /proc/PID for the server's CPU (and RSS in idle mode)
-  --connect-timeout SECS per connection, TCP connect to 101 response (default 10)
-  --close-timeout SECS   wait for the server's close replies (default 5)
-  --connect-batch N      connects in progress at once, per thread (default 256)
-  --source-ips N         spread connections over source addresses 127.0.0.2..127.0.0.(N+1)
-                         (loopback targets only; default: one per 8192 connections)
-  -q, --quiet            no progress lines on stderr
-  -h, --help             this text
-
-echo:       --conns C (100) --size S (32) --text --inflight K (1)
-            --duration SECS (10) --warmup SECS (1)
-idle:       --conns C (1000) --hold SECS (10)
-broadcast:  --subs C (100) --size S (64, at least 16; 32 with --text) --text
-            --rate R (1000) --duration SECS (10) --warmup SECS (1) --grace SECS (2)
-
-Durations accept fractions (0.5). The connect phase ends by itself after
---connect-timeout + conns/2000 seconds at most. The last line of stdout is
-`RESULT mode=<mode> key=value ...`; the exit status is 1 when any error was counted.
-In idle mode p50_us/p99_us are handshake latencies (connect to 101) and msgs_per_s
-counts the messages (pings included) the server sent while held; in broadcast mode
-msgs_per_s is the publisher's rate and server_cpu_us_per_msg is per delivery.
-";
+/// Largest message the generator will send (the decoder's default limit).
+const MAX_SIZE: usize = 16 << 20;
 
 /// What the generator does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +46,8 @@ pub struct WsUrl {
 }
 
 impl WsUrl {
-    pub fn parse(s: &str) -> Result<WsUrl, ArgError> {
-        let bad = |why: &str| ArgError(format!("bad --url {s:?}: {why}"));
+    pub fn parse(s: &str) -> Result<WsUrl, String> {
+        let bad = |why: &str| format!("expected ws://HOST[:PORT][/PATH]: {why}");
         let rest = if let Some(r) = s.strip_prefix("ws://") {
             r
         } else if s.starts_with("wss://") {
@@ -146,200 +116,217 @@ pub struct Options {
     pub quiet: bool,
 }
 
-/// What the command line asked for.
-#[derive(Debug, PartialEq)]
-pub enum Command {
-    Run(Box<Options>),
-    Help,
+/// A WebSocket load generator on mio and wsloop's own codec.
+///
+/// The last line of stdout is `RESULT mode=<mode> key=value ...`; the exit status is 1
+/// when any error was counted. Every flag can also be set through the environment
+/// variable shown with it (WSLOOP_BENCH_*, apart from the server's WSLOOP_* so that one
+/// shell can hold both); the command line wins. Durations accept fractions (0.5).
+#[derive(Parser, Debug)]
+#[command(name = "wsloop-bench", version, args_override_self = true, max_term_width = 100)]
+#[command(subcommand_required = true, arg_required_else_help = false, disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    mode: ModeArgs,
 }
 
-/// A command-line mistake, with a message for the user.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ArgError(pub String);
-
-impl fmt::Display for ArgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Subcommand, Debug)]
+enum ModeArgs {
+    /// each connection keeps --inflight messages in flight and checks every echo (content
+    /// and opcode); reports msgs/s, MB/s (payload, one way) and latency
+    Echo(EchoArgs),
+    /// opens --conns connections, holds them (answering pings), then closes each with a
+    /// close frame; reports connect rate, handshake latency (p50_us/p99_us), the messages
+    /// (pings included) the server sent while held, and with --server-pid the server's RSS
+    /// per connection
+    Idle(IdleArgs),
+    /// one publisher and --subs subscribers on the same URL; the server must relay every
+    /// message to every connection there (sender included); the publisher sends --rate
+    /// msgs/s, subscribers measure fan-out latency and delivery ratio
+    /// (server_cpu_us_per_msg is per delivery)
+    Broadcast(BroadcastArgs),
 }
 
-/// Largest message the generator will send (the decoder's default limit).
-const MAX_SIZE: usize = 16 << 20;
+/// The flags of every mode.
+#[derive(Args, Debug)]
+struct Common {
+    /// ws://HOST[:PORT][/PATH] (wss is not supported)
+    #[arg(long, value_name = "URL", value_parser = WsUrl::parse)]
+    url: WsUrl,
+    /// generator threads, one mio loop each
+    #[arg(long, value_name = "N", value_parser = count(1, 256), default_value_t = 1)]
+    threads: usize,
+    /// sample /proc/PID for the server's CPU (and RSS in idle mode) (default: off)
+    #[arg(long, value_name = "PID", value_parser = count(1, u32::MAX as usize))]
+    server_pid: Option<usize>,
+    /// per connection, TCP connect to 101 response; the connect phase ends by itself
+    /// after this + conns/2000 seconds at most
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(Duration::from_secs(10)))]
+    connect_timeout: Secs,
+    /// wait this long for the server's close replies
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(Duration::from_secs(5)))]
+    close_timeout: Secs,
+    /// connects in progress at once, per thread
+    #[arg(long, value_name = "N", value_parser = count(1, 1 << 20), default_value_t = 256)]
+    connect_batch: usize,
+    /// spread connections over source addresses 127.0.0.2..127.0.0.(N+1), loopback targets
+    /// only (default: one per 8192 connections)
+    #[arg(long, value_name = "N", value_parser = count(0, 250))]
+    source_ips: Option<usize>,
+    /// no progress lines on stderr
+    #[arg(short, long)]
+    quiet: bool,
+}
 
-/// Which options each mode accepts, beyond the common ones.
-fn mode_accepts(mode: Mode, flag: &str) -> bool {
-    match flag {
-        "--conns" => matches!(mode, Mode::Echo | Mode::Idle),
-        "--subs" | "--rate" | "--grace" => mode == Mode::Broadcast,
-        "--size" | "--text" | "--duration" | "--warmup" => {
-            matches!(mode, Mode::Echo | Mode::Broadcast)
+/// The flags of the modes that send messages for a while.
+#[derive(Args, Debug)]
+struct Timed {
+    /// send text messages (binary otherwise)
+    #[arg(long)]
+    text: bool,
+    /// how long to measure, after --warmup
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(Duration::from_secs(10)))]
+    duration: Secs,
+    /// traffic before measuring starts
+    #[arg(long, value_name = "SECS", value_parser = secs(true, MAX_SECS), default_value_t = Secs(Duration::from_secs(1)))]
+    warmup: Secs,
+}
+
+#[derive(Args, Debug)]
+struct EchoArgs {
+    /// connections
+    #[arg(long, value_name = "C", value_parser = count(1, 1_000_000), default_value_t = 100)]
+    conns: usize,
+    /// message size in bytes
+    #[arg(long, value_name = "S", value_parser = count(0, MAX_SIZE), default_value_t = 32)]
+    size: usize,
+    /// messages in flight per connection
+    #[arg(long, value_name = "K", value_parser = count(1, 1 << 16), default_value_t = 1)]
+    inflight: usize,
+    #[command(flatten)]
+    timed: Timed,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct IdleArgs {
+    /// connections
+    #[arg(long, value_name = "C", value_parser = count(1, 1_000_000), default_value_t = 1000)]
+    conns: usize,
+    /// how long to hold them open
+    #[arg(long, value_name = "SECS", value_parser = secs(true, MAX_SECS), default_value_t = Secs(Duration::from_secs(10)))]
+    hold: Secs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct BroadcastArgs {
+    /// subscribers
+    #[arg(long, value_name = "C", value_parser = count(1, 1_000_000), default_value_t = 100)]
+    subs: usize,
+    /// message size in bytes: at least the stamp, 16 (32 with --text)
+    #[arg(long, value_name = "S", value_parser = count(0, MAX_SIZE), default_value_t = 64)]
+    size: usize,
+    /// publisher's messages per second
+    #[arg(long, value_name = "R", value_parser = rate, default_value_t = 1000.0)]
+    rate: f64,
+    /// after the publisher stops, wait this long for late deliveries
+    #[arg(long, value_name = "SECS", value_parser = secs(true, MAX_SECS), default_value_t = Secs(Duration::from_secs(2)))]
+    grace: Secs,
+    #[command(flatten)]
+    timed: Timed,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn rate(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1e8)
+        .ok_or_else(|| "expected messages per second in (0, 1e8]".to_string())
+}
+
+/// The clap command with its `WSLOOP_BENCH_*` variables.
+pub fn command() -> clap::Command {
+    cli::with_env(Cli::command(), "WSLOOP_BENCH_")
+}
+
+/// Parses `argv` (program name first): help, version and mistakes are printed here.
+pub fn parse(argv: &[String]) -> Result<Options, Exit> {
+    let m = cli::matches("wsloop-bench", command(), argv)?;
+    let c = Cli::from_arg_matches(&m).map_err(|e| cli::usage_error("wsloop-bench", &e.to_string()))?;
+    options(c).map_err(|e| cli::usage_error("wsloop-bench", &e))
+}
+
+fn options(c: Cli) -> Result<Options, String> {
+    let (mode, common, conns, size, timed, inflight) = match c.mode {
+        ModeArgs::Echo(a) => (Mode::Echo, a.common, a.conns, a.size, Some(a.timed), a.inflight),
+        ModeArgs::Idle(a) => {
+            let mut o = base(Mode::Idle, a.common, a.conns, 0, None, 1);
+            o.hold = a.hold.0;
+            return Ok(o);
         }
-        "--inflight" => mode == Mode::Echo,
-        "--hold" => mode == Mode::Idle,
-        _ => true,
-    }
+        ModeArgs::Broadcast(a) => {
+            let min = super::payload::stamp_len(a.timed.text);
+            if a.size < min {
+                return Err(format!("--size {} is too small: broadcast messages carry a {min}-byte stamp", a.size));
+            }
+            let mut o = base(Mode::Broadcast, a.common, a.subs, a.size, Some(a.timed), 1);
+            o.rate = a.rate;
+            o.grace = a.grace.0;
+            return Ok(o);
+        }
+    };
+    Ok(base(mode, common, conns, size, timed, inflight))
 }
 
-const VALUE_FLAGS: &[&str] = &[
-    "--url",
-    "--conns",
-    "--subs",
-    "--size",
-    "--inflight",
-    "--duration",
-    "--warmup",
-    "--hold",
-    "--rate",
-    "--grace",
-    "--threads",
-    "--server-pid",
-    "--connect-timeout",
-    "--close-timeout",
-    "--connect-batch",
-    "--source-ips",
-];
-const SWITCHES: &[&str] = &["--text", "--quiet", "-q"];
-
-/// Parses the arguments after the program name.
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ArgError> {
-    let mut args = args.into_iter();
-    let mode = match args.next().as_deref() {
-        None => return Err(ArgError("no mode given".into())),
-        Some("-h" | "--help" | "help") => return Ok(Command::Help),
-        Some("echo") => Mode::Echo,
-        Some("idle") => Mode::Idle,
-        Some("broadcast") => Mode::Broadcast,
-        Some(other) => return Err(ArgError(format!("unknown mode {other:?} (expected echo, idle or broadcast)"))),
+fn base(mode: Mode, c: Common, conns: usize, size: usize, timed: Option<Timed>, inflight: usize) -> Options {
+    let (text, duration, warmup) = match timed {
+        Some(t) => (t.text, t.duration.0, t.warmup.0),
+        None => (false, Duration::from_secs(10), Duration::from_secs(1)),
     };
-    let mut opts = Options {
+    Options {
         mode,
-        url: WsUrl { host: String::new(), port: 0, path: String::new(), authority: String::new() },
-        conns: if mode == Mode::Idle { 1000 } else { 100 },
-        size: if mode == Mode::Broadcast { 64 } else { 32 },
-        text: false,
-        inflight: 1,
-        duration: Duration::from_secs(10),
-        warmup: Duration::from_secs(1),
+        url: c.url,
+        conns,
+        size,
+        text,
+        inflight,
+        duration,
+        warmup,
         hold: Duration::from_secs(10),
         rate: 1000.0,
         grace: Duration::from_secs(2),
-        threads: 1,
-        server_pid: None,
-        connect_timeout: Duration::from_secs(10),
-        close_timeout: Duration::from_secs(5),
-        connect_batch: 256,
-        source_ips: None,
-        quiet: false,
-    };
-    let mut have_url = false;
-    let mut size_given = false;
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(Command::Help);
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let is_switch = SWITCHES.contains(&flag.as_str());
-        if !is_switch && !VALUE_FLAGS.contains(&flag.as_str()) {
-            return Err(ArgError(format!("unknown option {flag:?}")));
-        }
-        if !mode_accepts(mode, &flag) {
-            return Err(ArgError(format!("{flag} does not apply to {} mode", mode.name())));
-        }
-        if is_switch {
-            if inline.is_some() {
-                return Err(ArgError(format!("{flag} takes no value")));
-            }
-            match flag.as_str() {
-                "--text" => opts.text = true,
-                _ => opts.quiet = true,
-            }
-            continue;
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => args.next().ok_or_else(|| ArgError(format!("{flag} needs a value")))?,
-        };
-        let v = value.as_str();
-        match flag.as_str() {
-            "--url" => {
-                opts.url = WsUrl::parse(v)?;
-                have_url = true;
-            }
-            "--conns" | "--subs" => opts.conns = count(&flag, v, 1, 1_000_000)?,
-            "--size" => {
-                opts.size = count(&flag, v, 0, MAX_SIZE)?;
-                size_given = true;
-            }
-            "--inflight" => opts.inflight = count(&flag, v, 1, 1 << 16)?,
-            "--duration" => opts.duration = secs(&flag, v, false)?,
-            "--warmup" => opts.warmup = secs(&flag, v, true)?,
-            "--hold" => opts.hold = secs(&flag, v, true)?,
-            "--grace" => opts.grace = secs(&flag, v, true)?,
-            "--rate" => {
-                opts.rate =
-                    v.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0 && *r <= 1e8).ok_or_else(|| {
-                        ArgError(format!("{flag}: expected messages per second in (0, 1e8], got {v:?}"))
-                    })?
-            }
-            "--threads" => opts.threads = count(&flag, v, 1, 256)?,
-            "--server-pid" => opts.server_pid = Some(count(&flag, v, 1, u32::MAX as usize)? as u32),
-            "--connect-timeout" => opts.connect_timeout = secs(&flag, v, false)?,
-            "--close-timeout" => opts.close_timeout = secs(&flag, v, false)?,
-            "--connect-batch" => opts.connect_batch = count(&flag, v, 1, 1 << 20)?,
-            "--source-ips" => opts.source_ips = Some(count(&flag, v, 0, 250)?),
-            _ => unreachable!("flag {flag} is in VALUE_FLAGS"),
-        }
+        threads: c.threads,
+        server_pid: c.server_pid.map(|p| p as u32),
+        connect_timeout: c.connect_timeout.0,
+        close_timeout: c.close_timeout.0,
+        connect_batch: c.connect_batch,
+        source_ips: c.source_ips,
+        quiet: c.quiet,
     }
-    if !have_url {
-        return Err(ArgError("--url is required".into()));
-    }
-    if mode == Mode::Broadcast {
-        let min = super::payload::stamp_len(opts.text);
-        if opts.size < min {
-            let why = if size_given { "" } else { " (the default)" };
-            return Err(ArgError(format!(
-                "--size {}{why} is too small: broadcast messages carry a {min}-byte stamp",
-                opts.size
-            )));
-        }
-    }
-    Ok(Command::Run(Box::new(opts)))
-}
-
-fn count(flag: &str, v: &str, min: usize, max: usize) -> Result<usize, ArgError> {
-    v.parse::<usize>()
-        .ok()
-        .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| ArgError(format!("{flag}: expected a whole number in {min}..={max}, got {v:?}")))
-}
-
-fn secs(flag: &str, v: &str, zero_ok: bool) -> Result<Duration, ArgError> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && (*s > 0.0 || (zero_ok && *s == 0.0)) && *s <= 86_400.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            let lo = if zero_ok { "[0" } else { "(0" };
-            ArgError(format!("{flag}: expected seconds in {lo}, 86400], got {v:?}"))
-        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(line: &str) -> Result<Options, ArgError> {
-        match parse(line.split_whitespace().map(String::from))? {
-            Command::Run(o) => Ok(*o),
-            Command::Help => panic!("help"),
-        }
+    fn run(line: &str) -> Result<Options, String> {
+        let argv: Vec<String> =
+            std::iter::once("wsloop-bench").chain(line.split_whitespace()).map(String::from).collect();
+        let m = command().try_get_matches_from(&argv).map_err(|e| cli::describe(&e, &command(), &argv, ""))?;
+        options(Cli::from_arg_matches(&m).map_err(|e| e.to_string())?)
     }
 
     fn err(line: &str) -> String {
-        run(line).unwrap_err().0
+        run(line).unwrap_err()
+    }
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        command().debug_assert();
     }
 
     #[test]
@@ -362,37 +349,38 @@ mod tests {
         let o = run("idle --url=ws://localhost:1/ --hold=1").unwrap();
         assert_eq!((o.conns, o.hold, o.threads), (1000, Duration::from_secs(1), 1));
         assert_eq!(o.url.host, "localhost");
+        let e = run("echo --url ws://h:1").unwrap();
+        assert_eq!((e.conns, e.size, e.inflight, e.duration), (100, 32, 1, Duration::from_secs(10)));
         let b = run("broadcast --url ws://h:2 --subs 10 --rate 50.5").unwrap();
-        assert_eq!((b.conns, b.size, b.rate), (10, 64, 50.5));
+        assert_eq!((b.conns, b.size, b.rate, b.grace), (10, 64, 50.5, Duration::from_secs(2)));
         assert_eq!(b.url.path, "/");
-    }
-
-    #[test]
-    fn help_anywhere() {
-        assert_eq!(parse(["--help".to_string()]), Ok(Command::Help));
-        assert_eq!(parse(["echo", "--url", "ws://a:1", "-h"].map(String::from)), Ok(Command::Help));
+        assert_eq!(
+            (b.connect_timeout, b.close_timeout, b.connect_batch),
+            (Duration::from_secs(10), Duration::from_secs(5), 256)
+        );
     }
 
     #[test]
     fn mistakes_are_reported() {
         let cases: &[(&str, &str)] = &[
-            ("", "no mode"),
-            ("flood --url ws://a:1", "unknown mode"),
-            ("echo", "--url is required"),
-            ("echo --url ws://a:1 --bogus 1", "unknown option \"--bogus\""),
+            ("flood --url ws://a:1", "unknown mode \"flood\": expected echo, idle or broadcast"),
+            ("echo", "missing --url <URL>"),
+            ("echo --url ws://a:1 --bogus 1", "unknown flag or extra argument \"--bogus\""),
             ("echo --url ws://a:1 --conns", "--conns needs a value"),
-            ("echo --url ws://a:1 --conns 0", "--conns: expected a whole number"),
-            ("echo --url ws://a:1 --conns x", "--conns: expected a whole number"),
-            ("echo --url ws://a:1 --duration 0", "--duration: expected seconds"),
-            ("echo --url ws://a:1 --duration -1", "--duration: expected seconds"),
-            ("echo --url ws://a:1 --hold 3", "--hold does not apply to echo mode"),
+            ("echo --url ws://a:1 --conns 0", "expected a whole number from 1 to 1000000"),
+            ("echo --url ws://a:1 --conns x", "expected a whole number"),
+            ("echo --url ws://a:1 --duration 0", "expected seconds in (0, 86400]"),
+            ("echo --url ws://a:1 --duration -1", "for --duration"),
+            ("echo --url ws://a:1 --hold 3", "--hold does not apply to echo mode (only to idle)"),
             ("idle --url ws://a:1 --inflight 3", "--inflight does not apply to idle mode"),
             ("idle --url ws://a:1 --subs 3", "--subs does not apply to idle mode"),
             ("broadcast --url ws://a:1 --conns 3", "--conns does not apply to broadcast mode"),
+            ("broadcast --url ws://a:1 --size x", "invalid value \"x\" for --size: expected a whole number from 0"),
             ("broadcast --url ws://a:1 --size 8", "--size 8 is too small"),
             ("broadcast --url ws://a:1 --text --size 20", "32-byte stamp"),
-            ("broadcast --url ws://a:1 --rate 0", "--rate"),
-            ("echo --url ws://a:1 --text=1", "--text takes no value"),
+            ("broadcast --url ws://a:1 --rate 0", "expected messages per second"),
+            ("echo --url ws://a:1 --text=1", "--text"),
+            ("", "no mode given: expected echo, idle or broadcast"),
             ("echo --url wss://a:1", "wss (TLS) is not supported"),
             ("echo --url http://a:1", "must start with ws://"),
             ("echo --url ws://a:0", "bad port"),

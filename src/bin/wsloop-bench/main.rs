@@ -1,12 +1,14 @@
 //! `wsloop-bench`: a WebSocket load generator on mio and wsloop's own codec.
 //!
-//! Modes `echo`, `idle` and `broadcast` (see [`args::USAGE`]). The main thread plans
+//! Modes `echo`, `idle` and `broadcast` (see `wsloop-bench --help`, from `args.rs`). The main thread plans
 //! the connections, runs the phases on a clock, samples the server's `/proc` entries
 //! and prints the report; each `--threads` worker runs one mio loop
 //! ([`worker`]). The last line of stdout is `RESULT mode=... key=value ...`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod args;
+#[path = "../cli/mod.rs"]
+mod cli;
 mod client;
 mod payload;
 mod report;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use args::{Command, Mode, Options};
+use args::{Mode, Options};
 use client::Role;
 use report::{latency_histogram, ratio, ErrorKind, Errors, Latency, ResultLine};
 use sys::{CpuSample, CpuUse};
@@ -37,16 +39,10 @@ const RSS_SETTLE: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let opts = match args::parse(std::env::args().skip(1)) {
-        Ok(Command::Run(o)) => o,
-        Ok(Command::Help) => {
-            print!("{}", args::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("wsloop-bench: {e}\n\n{}", args::USAGE);
-            return ExitCode::from(2);
-        }
+    let argv: Vec<String> = std::env::args().collect();
+    let opts = match args::parse(&argv) {
+        Ok(o) => o,
+        Err(exit) => return exit.into(),
     };
     match run(&opts) {
         Ok(0) => ExitCode::SUCCESS,

@@ -1,0 +1,454 @@
+//! The server's flags, each defined once: clap derives the parser, `--help` and the
+//! defaults from this struct, and `cli::with_env` gives each flag its `WSLOOP_<FLAG>`
+//! variable. What one flag cannot check alone (JWT and Redis combinations, key files,
+//! ping against idle timeout) is checked in [`Args::from_cli`].
+
+use crate::cli::{self, count, secs, Exit, Secs};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::net::SocketAddr;
+use wsloop::auth::jwt::{KeyError, MIN_SECRET_LEN};
+use wsloop::auth::{Alg, JwtVerifier, OriginPolicy};
+use wsloop::server::{AcceptMode, BackpressurePolicy, Config};
+
+/// Longest duration any seconds flag accepts (about 31 years).
+const MAX_SECS: f64 = 1e9;
+
+fn defaults() -> Config {
+    Config::default()
+}
+
+/// What to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// echoes every message with its opcode, on any path
+    Echo,
+    /// a client on path /<room> joins that room; every message goes to the whole room
+    Rooms,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Rooms => "rooms",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Accept {
+    /// one acceptor hands connections to the workers in turn
+    Handoff,
+    /// a SO_REUSEPORT listener per worker, spread by the kernel
+    Reuseport,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backpressure {
+    /// stop reading from the connection until its queue drains
+    Pause,
+    /// drop messages for it while over the cap
+    Drop,
+    /// close it with 1008
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlg {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RedisMode {
+    /// SUBSCRIBE per room that has members on this node
+    Topic,
+    /// one PSUBSCRIBE: every node receives every room's messages
+    Pattern,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// human-readable lines (env_logger's format)
+    Text,
+    /// one JSON object a line: time, level, target, message and the record's fields
+    Json,
+}
+
+/// A small, predictable WebSocket server.
+///
+/// Every flag can also be set through the environment variable shown with it; the
+/// command line wins. Seconds may be fractional. Log level: RUST_LOG=info (default),
+/// debug, warn, ... SIGTERM/SIGINT drain gracefully; a second signal exits at once.
+#[derive(Parser, Debug)]
+#[command(name = "wsloop", version, args_override_self = true, max_term_width = 100)]
+pub struct Cli {
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// address to listen on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9001", value_parser = host_port)]
+    pub listen: String,
+    /// worker threads, one event loop each (default: number of cores)
+    #[arg(long, value_name = "N", value_parser = count(1, 64))]
+    pub workers: Option<usize>,
+    /// how accepted connections reach the workers
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Accept::Handoff)]
+    pub accept: Accept,
+    /// largest message; over it: close 1009
+    #[arg(long, value_name = "BYTES", value_parser = count(1, usize::MAX), default_value_t = defaults().max_message)]
+    pub max_message: usize,
+    /// outgoing bytes buffered per connection before --backpressure applies
+    #[arg(long, value_name = "BYTES", value_parser = count(0, usize::MAX), default_value_t = defaults().max_backpressure)]
+    pub max_backpressure: usize,
+    /// what happens over --max-backpressure (default: pause for echo, drop for rooms)
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub backpressure: Option<Backpressure>,
+    /// ping after this much silence; must be below --idle-timeout
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().ping_interval))]
+    pub ping_interval: Secs,
+    /// close 1001 when nothing arrived for this long; also the write-stall limit
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().idle_timeout))]
+    pub idle_timeout: Secs,
+    /// drop connections that do not finish the handshake in this time
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().handshake_timeout))]
+    pub handshake_timeout: Secs,
+    /// wait this long for the peer's close frame
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().close_timeout))]
+    pub close_timeout: Secs,
+    /// on SIGTERM/SIGINT, wait this long for clients to finish closing
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().drain_timeout))]
+    pub drain_timeout: Secs,
+    /// open connections overall; excess gets HTTP 503
+    #[arg(long, value_name = "N", value_parser = count(1, usize::MAX), default_value_t = defaults().max_conns)]
+    pub max_conns: usize,
+    /// open connections per client IP; excess gets HTTP 503 (default: unlimited)
+    #[arg(long, value_name = "N", value_parser = count(1, usize::MAX))]
+    pub max_conns_per_ip: Option<usize>,
+    /// messages per second per connection; over it: close 1008 (default: unlimited)
+    #[arg(long, value_name = "N", value_parser = count(1, u32::MAX as usize))]
+    pub max_msg_rate: Option<usize>,
+    /// comma-separated origins (scheme://host[:port]) or *; else 403 (default: same host as the Host header)
+    #[arg(long, value_name = "LIST", value_parser = origin_list)]
+    pub allow_origin: Option<OriginPolicy>,
+    /// require an HS256 JWT signed with the secret in PATH (else 401) (default: off)
+    #[arg(long, value_name = "PATH")]
+    pub jwt_secret_file: Option<String>,
+    /// require a JWT verified with this PEM public key, with --jwt-alg (default: off)
+    #[arg(long, value_name = "PATH")]
+    pub jwt_public_key: Option<String>,
+    /// the algorithm: RS256 or ES256 with --jwt-public-key, HS256 with --jwt-secret-file (default: off)
+    #[arg(long, value_name = "ALG", value_enum, ignore_case = true)]
+    pub jwt_alg: Option<JwtAlg>,
+    /// required `iss` claim (default: off)
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// required `aud` claim (default: off)
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// serve GET /metrics and GET /healthz (503 while draining) on ADDR (default: off)
+    #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
+    pub admin_listen: Option<SocketAddr>,
+    /// rooms only: share rooms with other nodes through Redis pub/sub, redis://[:password@]host[:port]/ (default: off)
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// how a node subscribes to the rooms' channels, with --redis
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = RedisMode::Topic)]
+    pub redis_mode: RedisMode,
+    /// the Redis channel of room R is PREFIX + R, with --redis
+    #[arg(long, value_name = "PREFIX", default_value = "wsloop:")]
+    pub redis_prefix: String,
+    /// log line format; json is for log shippers
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+fn origin_list(v: &str) -> Result<OriginPolicy, String> {
+    let items: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if items.is_empty() {
+        return Err("expected a comma-separated list of scheme://host[:port] origins, or *".into());
+    }
+    OriginPolicy::allow_list(items).map_err(|e| e.to_string())
+}
+
+/// `HOST:PORT` (a name is resolved when binding).
+fn host_port(v: &str) -> Result<String, String> {
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(v.to_string()),
+        _ => Err("expected HOST:PORT, such as 0.0.0.0:9001, [::]:9001 or localhost:9001".into()),
+    }
+}
+
+fn socket_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse().map_err(|_| "expected IP:PORT, such as 127.0.0.1:9101 or [::]:9101".to_string())
+}
+
+/// The Redis bridge's settings (`RedisConfig` when built with the `redis` feature).
+#[cfg(feature = "redis")]
+pub type RedisSetup = wsloop::redis::RedisConfig;
+#[cfg(not(feature = "redis"))]
+pub type RedisSetup = std::convert::Infallible;
+
+/// Everything `main` needs, checked.
+pub struct Args {
+    pub mode: Mode,
+    pub listen: String,
+    pub cfg: Config,
+    pub redis: Option<RedisSetup>,
+    pub log_format: LogFormat,
+}
+
+/// The clap command with its `WSLOOP_*` variables.
+pub fn command() -> clap::Command {
+    cli::with_env(Cli::command(), "WSLOOP_")
+}
+
+/// Parses `argv` (program name first): help, version and mistakes are printed here.
+pub fn parse(argv: &[String]) -> Result<Args, Exit> {
+    let m = cli::matches("wsloop", command(), argv)?;
+    let parsed = Cli::from_arg_matches(&m).map_err(|e| cli::usage_error("wsloop", &e.to_string()))?;
+    Args::from_cli(parsed, &m).map_err(|e| cli::usage_error("wsloop", &e))
+}
+
+fn given(m: &ArgMatches, id: &str) -> bool {
+    matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+}
+
+impl Args {
+    /// The checks across flags, and the key files read.
+    fn from_cli(c: Cli, m: &ArgMatches) -> Result<Args, String> {
+        let mut cfg = defaults();
+        if let Some(n) = c.workers {
+            cfg.workers = n;
+        }
+        cfg.accept_mode = match c.accept {
+            Accept::Handoff => AcceptMode::Handoff,
+            Accept::Reuseport => AcceptMode::ReusePort,
+        };
+        cfg.max_message = c.max_message;
+        cfg.max_backpressure = c.max_backpressure;
+        cfg.backpressure_policy = match c.backpressure {
+            Some(Backpressure::Pause) => BackpressurePolicy::PauseReading,
+            Some(Backpressure::Drop) => BackpressurePolicy::Drop,
+            Some(Backpressure::Close) => BackpressurePolicy::Close,
+            None if c.mode == Mode::Echo => BackpressurePolicy::PauseReading,
+            None => BackpressurePolicy::Drop,
+        };
+        cfg.ping_interval = c.ping_interval.0;
+        cfg.idle_timeout = c.idle_timeout.0;
+        cfg.handshake_timeout = c.handshake_timeout.0;
+        cfg.close_timeout = c.close_timeout.0;
+        cfg.drain_timeout = c.drain_timeout.0;
+        cfg.max_conns = c.max_conns;
+        if let Some(n) = c.max_conns_per_ip {
+            cfg.max_conns_per_ip = n;
+        }
+        cfg.max_msg_rate = c.max_msg_rate.map(|n| n as u32);
+        if let Some(p) = c.allow_origin.clone() {
+            cfg.origin_policy = p;
+        }
+        cfg.admin_listen = c.admin_listen;
+        // Config does not check this itself yet (it is a Config::validate candidate).
+        if cfg.ping_interval >= cfg.idle_timeout {
+            return Err(format!(
+                "--ping-interval {} must be below --idle-timeout {}: a quiet client would be closed as idle before \
+                 it is pinged",
+                c.ping_interval, c.idle_timeout
+            ));
+        }
+        cfg.jwt = jwt_verifier(&c)?.map(std::sync::Arc::new);
+        let redis = redis_config(&c, m, cfg.max_message)?;
+        Ok(Args { mode: c.mode, listen: c.listen, cfg, redis, log_format: c.log_format })
+    }
+}
+
+/// The JWT flags together: which key, which algorithm, the claims.
+fn jwt_verifier(c: &Cli) -> Result<Option<JwtVerifier>, String> {
+    let read = |flag: &str, path: &str| {
+        std::fs::read(path).map_err(|e| format!("{flag} {path}: cannot read the file: {}", io_reason(&e)))
+    };
+    let v = match (&c.jwt_secret_file, &c.jwt_public_key) {
+        (Some(_), Some(_)) => return Err("--jwt-secret-file cannot be used with --jwt-public-key: give one key".into()),
+        (Some(path), None) => {
+            if c.jwt_alg.is_some_and(|a| a != JwtAlg::Hs256) {
+                return Err("--jwt-secret-file is an HS256 secret: --jwt-alg must be HS256 or absent".into());
+            }
+            let mut secret = read("--jwt-secret-file", path)?;
+            // A trailing newline from `echo secret > file` is not part of the secret.
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            JwtVerifier::from_secret(&secret).map_err(|e| match e {
+                KeyError::SecretTooShort { len } => format!(
+                    "--jwt-secret-file {path}: the file has {len} bytes (not counting a final newline); RFC 7518 \
+                     section 3.2 requires at least {MIN_SECRET_LEN} bytes for an HS256 secret"
+                ),
+                e => format!("--jwt-secret-file {path}: {e}"),
+            })?
+        }
+        (None, Some(path)) => {
+            let alg = match c.jwt_alg {
+                Some(JwtAlg::Rs256) => Alg::Rs256,
+                Some(JwtAlg::Es256) => Alg::Es256,
+                Some(JwtAlg::Hs256) => {
+                    return Err("--jwt-alg HS256 takes a secret (--jwt-secret-file), not --jwt-public-key".into())
+                }
+                None => return Err("--jwt-public-key needs --jwt-alg RS256 or ES256".into()),
+            };
+            let pem = String::from_utf8(read("--jwt-public-key", path)?)
+                .map_err(|_| format!("--jwt-public-key {path}: not a PEM text file (it is not UTF-8)"))?;
+            JwtVerifier::from_public_key_pem(&pem, alg).map_err(|e| format!("--jwt-public-key {path}: {e}"))?
+        }
+        (None, None) => {
+            if c.jwt_alg.is_some() || c.jwt_issuer.is_some() || c.jwt_audience.is_some() {
+                return Err(
+                    "--jwt-alg, --jwt-issuer and --jwt-audience need --jwt-secret-file or --jwt-public-key".into()
+                );
+            }
+            return Ok(None);
+        }
+    };
+    let mut v = v;
+    if let Some(iss) = &c.jwt_issuer {
+        v = v.issuer(iss.clone());
+    }
+    if let Some(aud) = &c.jwt_audience {
+        v = v.audience(aud.clone());
+    }
+    Ok(Some(v))
+}
+
+/// "No such file or directory (os error 2)" without the errno part.
+fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// `redis://:secret@host/` as `redis://:***@host/`, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// The Redis flags together.
+fn redis_config(c: &Cli, m: &ArgMatches, max_message: usize) -> Result<Option<RedisSetup>, String> {
+    let Some(url) = &c.redis else {
+        if given(m, "redis_mode") || given(m, "redis_prefix") {
+            return Err("--redis-mode and --redis-prefix need --redis".into());
+        }
+        return Ok(None);
+    };
+    if c.mode != Mode::Rooms {
+        return Err("--redis works with `rooms` only: echo has nothing to share between nodes".into());
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (url, max_message);
+        Err("--redis: built without redis (cargo feature `redis`)".into())
+    }
+    #[cfg(feature = "redis")]
+    {
+        use wsloop::redis::{RedisConfig, SubscribeMode};
+        let mut r = RedisConfig::from_url(url).map_err(|e| {
+            let shown = redact(url);
+            format!("invalid value {shown:?} for --redis: {}", e.replace(url.as_str(), &shown))
+        })?;
+        r.mode = match c.redis_mode {
+            RedisMode::Topic => SubscribeMode::PerTopic,
+            RedisMode::Pattern => SubscribeMode::Pattern,
+        };
+        r.prefix = c.redis_prefix.clone();
+        r.max_message = max_message;
+        Ok(Some(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn args(s: &str) -> Result<Args, String> {
+        let argv: Vec<String> = std::iter::once("wsloop").chain(s.split_whitespace()).map(String::from).collect();
+        let m = command().try_get_matches_from(&argv).map_err(|e| cli::describe(&e, &command(), &argv, ""))?;
+        Args::from_cli(Cli::from_arg_matches(&m).map_err(|e| e.to_string())?, &m)
+    }
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = args("echo --listen 127.0.0.1:1 --workers 3 --max-message 100 --ping-interval 0.5 --idle-timeout=2")
+            .unwrap();
+        assert_eq!(a.listen, "127.0.0.1:1");
+        assert_eq!(a.cfg.workers, 3);
+        assert_eq!(a.cfg.max_message, 100);
+        assert_eq!(a.cfg.ping_interval, Duration::from_millis(500));
+        assert_eq!(a.cfg.idle_timeout, Duration::from_secs(2));
+        assert!(args("echo --workers x").is_err());
+        assert!(args("echo --workers 0").is_err());
+        assert!(args("echo --workers 65").is_err());
+        assert_eq!(args("echo --accept handoff").unwrap().cfg.accept_mode, AcceptMode::Handoff);
+        assert_eq!(args("echo").unwrap().cfg.accept_mode, AcceptMode::Handoff);
+        assert_eq!(args("echo --accept reuseport").unwrap().cfg.accept_mode, AcceptMode::ReusePort);
+        assert!(args("echo --accept round-robin").is_err());
+        assert!(args("echo --nope 1").is_err());
+        assert!(args("echo --idle-timeout -1").is_err());
+        assert!(args("serve").is_err());
+        assert_eq!(args("rooms").unwrap().cfg.backpressure_policy, BackpressurePolicy::Drop);
+        assert_eq!(args("echo").unwrap().cfg.backpressure_policy, BackpressurePolicy::PauseReading);
+        assert_eq!(args("rooms --backpressure close").unwrap().cfg.backpressure_policy, BackpressurePolicy::Close);
+        // The last of a repeated flag wins, as before clap.
+        assert_eq!(args("echo --listen a:1 --listen b:2").unwrap().listen, "b:2");
+        assert!(args("echo --ping-interval 75").err().unwrap().contains("below --idle-timeout"));
+        assert_eq!(args("echo --max-msg-rate 10").unwrap().cfg.max_msg_rate, Some(10));
+        assert!(args("echo --allow-origin https://a.example,https://b.example").is_ok());
+        assert!(args("echo --allow-origin nope").is_err());
+    }
+
+    #[test]
+    fn redis_flags() {
+        assert!(args("rooms").unwrap().redis.is_none());
+        assert!(args("echo --redis redis://127.0.0.1:6379/").is_err());
+        assert!(args("rooms --redis-mode pattern").err().unwrap().contains("need --redis"));
+        let r = args("rooms --redis redis://127.0.0.1:6379/");
+        #[cfg(feature = "redis")]
+        {
+            let c = r.unwrap().redis.unwrap();
+            assert_eq!((c.host.as_str(), c.port, c.prefix.as_str()), ("127.0.0.1", 6379, "wsloop:"));
+            let c = args("rooms --redis redis://h:1 --redis-mode pattern --redis-prefix x: --max-message 99")
+                .unwrap()
+                .redis
+                .unwrap();
+            assert_eq!((c.mode, c.prefix.as_str(), c.max_message), (wsloop::redis::SubscribeMode::Pattern, "x:", 99));
+            assert!(args("rooms --redis redis://h --redis-mode nope").is_err());
+            let e = args("rooms --redis rediss://:hunter2@h").err().unwrap();
+            assert!(e.contains("rediss://***@h") && !e.contains("hunter2"), "{e}");
+        }
+        #[cfg(not(feature = "redis"))]
+        assert!(r.err().unwrap().contains("built without redis"));
+    }
+
+    #[test]
+    fn jwt_flag_combinations() {
+        let e = |s: &str| args(s).err().unwrap();
+        assert!(e("echo --jwt-alg RS256").contains("need --jwt-secret-file or --jwt-public-key"));
+        assert!(e("echo --jwt-public-key /nonexistent").contains("needs --jwt-alg"));
+        let missing = e("echo --jwt-public-key /nonexistent/k.pem --jwt-alg es256");
+        assert_eq!(missing, "--jwt-public-key /nonexistent/k.pem: cannot read the file: No such file or directory");
+        assert!(e("echo --jwt-secret-file a --jwt-public-key b").contains("cannot be used with"));
+        assert!(e("echo --jwt-secret-file a --jwt-alg ES256").contains("must be HS256"));
+    }
+}
