@@ -205,6 +205,15 @@ impl Config {
         if self.max_msg_rate == Some(0) {
             return err("max_msg_rate", "is 0; allowed: at least 1, or None for no limit".into());
         }
+        if self.ping_interval >= self.idle_timeout {
+            return err(
+                "ping_interval",
+                format!(
+                    "is {:?}; must be below idle_timeout ({:?}), or a quiet client is closed as idle before it is pinged",
+                    self.ping_interval, self.idle_timeout
+                ),
+            );
+        }
         for (field, d) in [
             ("handshake_timeout", self.handshake_timeout),
             ("ping_interval", self.ping_interval),

@@ -120,6 +120,9 @@ pub struct Cli {
     /// wait this long for the peer's close frame
     #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().close_timeout))]
     pub close_timeout: Secs,
+    /// longest a broadcast waits to share a write with later ones; an idle worker writes at once (0: every loop turn)
+    #[arg(long, value_name = "SECS", value_parser = secs(true, 1.0), default_value_t = Secs(defaults().broadcast_coalesce))]
+    pub broadcast_coalesce: Secs,
     /// on SIGTERM/SIGINT, wait this long for clients to finish closing
     #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().drain_timeout))]
     pub drain_timeout: Secs,
@@ -243,6 +246,7 @@ impl Args {
         cfg.handshake_timeout = c.handshake_timeout.0;
         cfg.close_timeout = c.close_timeout.0;
         cfg.drain_timeout = c.drain_timeout.0;
+        cfg.broadcast_coalesce = c.broadcast_coalesce.0;
         cfg.max_conns = c.max_conns;
         if let Some(n) = c.max_conns_per_ip {
             cfg.max_conns_per_ip = n;
@@ -252,14 +256,11 @@ impl Args {
             cfg.origin_policy = p;
         }
         cfg.admin_listen = c.admin_listen;
-        // Config does not check this itself yet (it is a Config::validate candidate).
-        if cfg.ping_interval >= cfg.idle_timeout {
-            return Err(format!(
-                "--ping-interval {} must be below --idle-timeout {}: a quiet client would be closed as idle before \
-                 it is pinged",
-                c.ping_interval, c.idle_timeout
-            ));
-        }
+        // The library's own checks, named by the flag that sets the field.
+        cfg.validate().map_err(|e| {
+            let problem = e.problem.replace("idle_timeout (", "--idle-timeout (");
+            format!("--{} {problem}", e.field.replace('_', "-"))
+        })?;
         cfg.jwt = jwt_verifier(&c)?.map(std::sync::Arc::new);
         let redis = redis_config(&c, m, cfg.max_message)?;
         Ok(Args { mode: c.mode, listen: c.listen, cfg, redis, log_format: c.log_format })
