@@ -69,12 +69,6 @@ fn apply_bytes(buf: &mut [u8], key: [u8; 4]) {
     }
 }
 
-/// Copies `src` into `dst` masked with `key` (the client side's encoder uses this).
-pub fn mask_copy(dst: &mut [u8], src: &[u8], key: [u8; 4]) {
-    dst.copy_from_slice(src);
-    apply_mask(dst, key, 0);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,12 +166,6 @@ impl Decoder {
         !self.clear_assembled && self.msg.is_none() && matches!(self.state, State::Idle)
     }
 
-    /// Whether the decoder holds part of a message or frame (see [`Decoder::is_idle`]).
-    #[inline]
-    pub fn is_mid_message(&self) -> bool {
-        self.msg.is_some() || !matches!(self.state, State::Idle)
-    }
-
     /// Bytes held in the assembly buffer (part of a connection's memory).
     pub fn assembled_capacity(&self) -> usize {
         self.assembled.as_ref().map_or(0, |v| v.capacity())
@@ -434,7 +428,7 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, 
 
 /// What a test or fuzz target compares: an owned copy of an [`Event`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OwnedEvent {
+pub(crate) enum OwnedEvent {
     /// Text message.
     Text(String),
     /// Binary message.
@@ -463,7 +457,7 @@ impl From<Event<'_>> for OwnedEvent {
 /// `cfg.inline_limit` bytes the way a server's read ring would, and collects the events
 /// up to the first error. Used by tests and the fuzz targets to check that how bytes are
 /// split never changes the outcome.
-pub fn decode_in_chunks(
+pub(crate) fn decode_in_chunks(
     input: &[u8],
     chunks: &mut dyn Iterator<Item = usize>,
     cfg: &DecoderConfig,

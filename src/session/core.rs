@@ -1,0 +1,232 @@
+//! The session's halves at work: the reader decoding input, the sending half queueing
+//! frames under the backpressure policy and running the close handshake.
+
+use super::*;
+
+impl Reader {
+    /// Nothing pending: no partial frame, no message in progress.
+    #[inline(always)]
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_idle()
+    }
+
+    /// Decodes from the front of `data` (the input) for the session whose sending half
+    /// is `core`, at most up to one event. Returns
+    /// the bytes consumed and what they were. `(0, _)`: call again with more input.
+    /// Control frames are answered here (pong, the close echo); protocol errors close
+    /// with the right code.
+    #[inline(always)]
+    pub fn handle_frames<'a>(
+        &'a mut self,
+        core: &mut Core,
+        data: &'a mut [u8],
+        cfg: &SessionConfig,
+        pool: &mut BufPool,
+        now: Tick,
+    ) -> (usize, Received<'a>) {
+        let decoder = &mut self.decoder;
+        match core.phase {
+            Phase::Open(Open { backlog: Backlog::Clear | Backlog::Congested, .. }) | Phase::Closing { .. } => {}
+            Phase::Open(_) | Phase::Handshaking { .. } => return (0, Received::Nothing),
+            // Lingering after a close or a refusal: the peer's bytes are of no interest.
+            _ => return (data.len(), Received::Nothing),
+        }
+        let len = data.len();
+        if len == 0 && decoder.is_idle() {
+            return (0, Received::Nothing);
+        }
+        let (n, ev) = match decoder.decode(data, &cfg.decoder) {
+            Ok(r) => r,
+            Err(e) => {
+                core.fail(CloseCause::Protocol(e), pool, now);
+                return (len, Received::Closing(CloseCause::Protocol(e)));
+            }
+        };
+        let Some(ev) = ev else {
+            return (n, Received::Nothing);
+        };
+        let msg = match ev {
+            Event::Text(s) => Message::Text(s),
+            Event::Binary(b) => Message::Binary(b),
+            Event::Ping(p) => {
+                if core.is_open() {
+                    let _ = core.send(OpCode::Pong, p, cfg, pool, now);
+                }
+                return (n, Received::Control(OpCode::Ping));
+            }
+            Event::Pong(_) => return (n, Received::Control(OpCode::Pong)),
+            Event::Close(close) => {
+                core.peer_closed(close.map(|(c, _)| c), pool, now);
+                return (len, Received::Control(OpCode::Close));
+            }
+        };
+        let Phase::Open(o) = &mut core.phase else {
+            // Data after our close frame is ignored (RFC 6455 5.5.1).
+            return (n, Received::Nothing);
+        };
+        if cfg.max_msg_rate.is_some() && !o.take_token(cfg, now) {
+            let c = CloseCause::RateLimit;
+            core.close(c, c.code(), c.reason(), pool, now);
+            return (n, Received::Closing(c));
+        }
+        (n, Received::Message(msg))
+    }
+}
+
+impl Open {
+    /// Marks the queue congested; true if it was not (a new episode, counted once, and
+    /// the write-stall clock starts).
+    #[inline]
+    pub(super) fn congest(&mut self, now: Tick) -> bool {
+        let new = self.backlog == Backlog::Clear;
+        if new {
+            self.backlog = Backlog::Congested;
+            self.tx_since = now;
+        }
+        new
+    }
+
+    /// Token bucket: refills by elapsed ticks, takes one; false when empty.
+    #[inline]
+    pub(super) fn take_token(&mut self, cfg: &SessionConfig, now: Tick) -> bool {
+        let Some(rate) = cfg.max_msg_rate else {
+            return true;
+        };
+        let elapsed = now.wrapping_sub(self.tokens_tick) as u64;
+        if elapsed > 0 {
+            let add = (elapsed * rate as u64 * cfg.tick_us / 1_000_000).min(u32::MAX as u64) as u32;
+            if add > 0 {
+                self.tokens = self.tokens.saturating_add(add).min(rate);
+                self.tokens_tick = now;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+impl Core {
+    /// Upgraded and neither closing nor closed.
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open(_))
+    }
+
+    /// Outgoing bytes queued and not yet written.
+    #[inline]
+    pub fn buffered(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Queues a data or control frame, applying the backpressure policy to data frames.
+    /// Sends during the handshake (from `on_open`) follow the 101 response.
+    #[inline(always)]
+    pub(crate) fn send(
+        &mut self,
+        op: OpCode,
+        payload: &[u8],
+        cfg: &SessionConfig,
+        pool: &mut BufPool,
+        now: Tick,
+    ) -> Sent {
+        let before = self.out.len();
+        let o = match &mut self.phase {
+            Phase::Open(o) => o,
+            Phase::Handshaking { .. } => {
+                self.out.queue_frame(pool, op, payload);
+                return Sent::Queued;
+            }
+            _ => return Sent::NotOpen,
+        };
+        let cap = cfg.max_backpressure;
+        let mut went_over = false;
+        if before > 0 && before + payload.len() > cap && !op.is_control() {
+            went_over = o.congest(now);
+            match cfg.backpressure_policy {
+                BackpressurePolicy::Close => {
+                    let c = CloseCause::SlowConsumer;
+                    self.close(c, c.code(), c.reason(), pool, now);
+                    return Sent::Capped { first: went_over };
+                }
+                BackpressurePolicy::Drop => return Sent::Capped { first: went_over },
+                BackpressurePolicy::PauseReading => o.backlog = Backlog::Paused,
+            }
+        }
+        self.out.queue_frame(pool, op, payload);
+        if self.out.len() > cap {
+            went_over |= o.congest(now);
+            if cfg.backpressure_policy == BackpressurePolicy::PauseReading {
+                o.backlog = Backlog::Paused;
+            }
+            return Sent::OverCap { first: went_over };
+        }
+        Sent::Queued
+    }
+
+    /// Queues a pre-encoded broadcast frame for a subscriber, under the slow-subscriber
+    /// policy: a subscriber over its cap misses the frame (and is closed under `Close`).
+    #[inline]
+    pub(crate) fn deliver(&mut self, frame: &[u8], cfg: &SessionConfig, pool: &mut BufPool, now: Tick) -> Sent {
+        let before = self.out.len();
+        let Phase::Open(o) = &mut self.phase else {
+            return Sent::NotOpen;
+        };
+        if before > 0 && before + frame.len() > cfg.max_backpressure {
+            let went_over = o.congest(now);
+            if cfg.backpressure_policy == BackpressurePolicy::Close {
+                let c = CloseCause::SlowConsumer;
+                self.close(c, c.code(), c.reason(), pool, now);
+            }
+            return Sent::Capped { first: went_over };
+        }
+        self.out.push(pool, frame);
+        Sent::Queued
+    }
+
+    /// Starts the close handshake (Open -> Closing) with `code` and `reason` (cut to
+    /// 123 bytes); nothing in other phases.
+    pub(crate) fn close(&mut self, cause: CloseCause, code: CloseCode, reason: &str, pool: &mut BufPool, now: Tick) {
+        if !self.is_open() {
+            return;
+        }
+        self.queue_close(Some((code, reason)), pool);
+        self.phase = Phase::Closing { since: now, code, cause };
+    }
+
+    /// Fails the connection (RFC 6455 7.1.7): close frame with the cause's code, then
+    /// Closed without waiting for the peer's.
+    pub(super) fn fail(&mut self, cause: CloseCause, pool: &mut BufPool, now: Tick) {
+        let code = cause.code();
+        match self.phase {
+            Phase::Open(_) => self.queue_close(Some((code, cause.reason())), pool),
+            Phase::Closing { .. } => {}
+            _ => return,
+        }
+        self.phase = Phase::Closed { since: now, end: Closed { code, cause }, peer_closed: false };
+    }
+
+    /// The peer's close frame arrived: echo its code if we had not closed (RFC 6455
+    /// 5.5.1; an empty close gets an empty one), then Closed.
+    pub(super) fn peer_closed(&mut self, code: Option<CloseCode>, pool: &mut BufPool, now: Tick) {
+        let end = match self.phase {
+            Phase::Open(_) => {
+                self.queue_close(code.map(|c| (c, "")), pool);
+                Closed { code: code.unwrap_or(CloseCode::NO_STATUS), cause: CloseCause::PeerClosed }
+            }
+            // Our close was answered: the code is ours.
+            Phase::Closing { code, cause, .. } => Closed { code, cause },
+            _ => return,
+        };
+        self.phase = Phase::Closed { since: now, end, peer_closed: true };
+    }
+
+    pub(super) fn queue_close(&mut self, close: Option<(CloseCode, &str)>, pool: &mut BufPool) {
+        let mut buf = [0u8; 2 + 125];
+        if let Ok(n) = encode_close(&mut buf, close, None) {
+            self.out.push(pool, &buf[..n]);
+        }
+    }
+}
