@@ -55,13 +55,36 @@ pub(crate) enum RespError {
 /// Bounds on what a reply may make us buffer or allocate, checked before either.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
+    /// Bytes in one bulk string.
     pub max_bulk: usize,
+    /// Elements in one array.
     pub max_array: usize,
+    /// Arrays nested in one another: 1 allows flat arrays only, 0 no arrays.
     pub max_depth: usize,
+    /// Bytes in one line (a simple string, an error, a number), CRLF not counted.
+    pub max_line: usize,
 }
 
-/// Lines (simple strings, errors, numbers) longer than this are refused.
-const MAX_LINE: usize = 64 * 1024;
+/// The bridge's [`Limits::max_line`]: Redis's error lines and numbers are far shorter.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+/// The bridge's [`Limits::max_array`]: a `pmessage` push has 4 elements.
+pub(crate) const MAX_ARRAY: usize = 16;
+/// The bridge's [`Limits::max_depth`]: pushes and replies to it are flat arrays.
+pub(crate) const MAX_DEPTH: usize = 2;
+/// What a bulk string may hold beyond a message payload (the envelope, a channel name).
+pub(crate) const BULK_SLACK: usize = 64 * 1024;
+
+impl Limits {
+    /// The bridge's limits when messages carry up to `max_payload` bytes.
+    pub fn for_payload(max_payload: usize) -> Limits {
+        Limits {
+            max_bulk: max_payload.saturating_add(BULK_SLACK),
+            max_array: MAX_ARRAY,
+            max_depth: MAX_DEPTH,
+            max_line: MAX_LINE,
+        }
+    }
+}
 
 /// Parses one reply from the start of `buf`: the value and the bytes it used.
 pub(crate) fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Result<Status<(Value<'a>, usize)>, RespError> {
@@ -77,7 +100,7 @@ fn parse_at<'a>(
     let Some(&kind) = buf.get(pos) else {
         return Ok(Status::Partial);
     };
-    let Some((line, after)) = line(buf, pos + 1)? else {
+    let Some((line, after)) = line(buf, pos + 1, limits)? else {
         return Ok(Status::Partial);
     };
     match kind {
@@ -137,12 +160,12 @@ fn parse_at<'a>(
 }
 
 /// The line starting at `pos` (without CRLF) and the position after its CRLF.
-fn line(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, RespError> {
+fn line<'a>(buf: &'a [u8], pos: usize, limits: &Limits) -> Result<Option<(&'a [u8], usize)>, RespError> {
     let rest = &buf[pos.min(buf.len())..];
     match rest.windows(2).position(|w| w == b"\r\n") {
-        Some(i) if i > MAX_LINE => Err(RespError::TooLong),
+        Some(i) if i > limits.max_line => Err(RespError::TooLong),
         Some(i) => Ok(Some((&rest[..i], pos + i + 2))),
-        None if rest.len() > MAX_LINE => Err(RespError::TooLong),
+        None if rest.len() > limits.max_line => Err(RespError::TooLong),
         None => Ok(None),
     }
 }
@@ -184,7 +207,7 @@ pub(crate) fn encoded_len(args: usize, payload: usize) -> usize {
 mod tests {
     use super::*;
 
-    const L: Limits = Limits { max_bulk: 1024, max_array: 16, max_depth: 2 };
+    const L: Limits = Limits { max_bulk: 1024, max_array: 16, max_depth: 2, max_line: MAX_LINE };
 
     fn complete(input: &[u8]) -> (Value<'_>, usize) {
         match parse(input, &L) {
