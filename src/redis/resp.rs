@@ -100,6 +100,11 @@ fn parse_at<'a>(
     let Some(&kind) = buf.get(pos) else {
         return Ok(Status::Partial);
     };
+    // Refused at once, not after a line that may never end: the same error whether the
+    // reply arrives whole or cut short after its type byte.
+    if !matches!(kind, b'+' | b'-' | b':' | b'$' | b'*') {
+        return Err(RespError::BadType(kind));
+    }
     let Some((line, after)) = line(buf, pos + 1, limits)? else {
         return Ok(Status::Partial);
     };
@@ -162,11 +167,20 @@ fn parse_at<'a>(
 /// The line starting at `pos` (without CRLF) and the position after its CRLF.
 fn line<'a>(buf: &'a [u8], pos: usize, limits: &Limits) -> Result<Option<(&'a [u8], usize)>, RespError> {
     let rest = &buf[pos.min(buf.len())..];
-    match rest.windows(2).position(|w| w == b"\r\n") {
-        Some(i) if i > limits.max_line => Err(RespError::TooLong),
+    // A CRLF that ends a line within the limit lies in its first max_line + 2 bytes.
+    let head = &rest[..rest.len().min(limits.max_line.saturating_add(2))];
+    match head.windows(2).position(|w| w == b"\r\n") {
         Some(i) => Ok(Some((&rest[..i], pos + i + 2))),
-        None if rest.len() > limits.max_line => Err(RespError::TooLong),
-        None => Ok(None),
+        None => {
+            // No CRLF yet: the line is at least this long, all but a last CR, which may
+            // be the start of its CRLF.
+            let at_least = head.len() - usize::from(head.last() == Some(&b'\r'));
+            if at_least > limits.max_line {
+                Err(RespError::TooLong)
+            } else {
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -258,6 +272,33 @@ mod tests {
         // A huge array header does not allocate for elements that are not there.
         let big = Limits { max_array: usize::MAX / 8, ..L };
         assert_eq!(parse(b"*99999999\r\n", &big), Ok(Status::Partial));
+    }
+
+    #[test]
+    fn line_at_the_limit_cut_between_cr_and_lf_is_partial() {
+        // Found by the resp fuzz target: a line of exactly max_line bytes whose CR had
+        // arrived without its LF was refused as too long.
+        let small = Limits { max_line: 4, ..L };
+        assert_eq!(parse(b"+abcd\r", &small), Ok(Status::Partial));
+        assert_eq!(parse(b"+abcd\r\n", &small), Ok(Status::Complete((Value::Simple(b"abcd"), 7))));
+        assert_eq!(parse(b"+abcde", &small), Err(RespError::TooLong));
+        assert_eq!(parse(b"+abcd\rx", &small), Err(RespError::TooLong));
+        let mut line = vec![b'-'; MAX_LINE + 1];
+        line.push(b'\r');
+        assert_eq!(parse(&line, &L), Ok(Status::Partial));
+        line.push(b'\n');
+        assert_eq!(parse(&line, &L), Ok(Status::Complete((Value::Error(&line[1..MAX_LINE + 1]), MAX_LINE + 3))));
+    }
+
+    #[test]
+    fn unknown_type_byte_is_refused_before_its_line_ends() {
+        // Found by the resp fuzz target: the type byte was judged only once its line was
+        // complete, so the same bytes gave TooLong when cut short and BadType whole.
+        assert_eq!(parse(b">", &L), Err(RespError::BadType(b'>')));
+        assert_eq!(parse(b">3\r\n$7\r\nmessage\r\n", &L), Err(RespError::BadType(b'>')));
+        let small = Limits { max_line: 4, ..L };
+        assert_eq!(parse(b"\0\0\0\0\0\r", &small), Err(RespError::BadType(0)));
+        assert_eq!(parse(b"\0\0\0\0\0\r\n", &small), Err(RespError::BadType(0)));
     }
 
     #[test]
