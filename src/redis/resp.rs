@@ -42,7 +42,7 @@ pub(crate) enum Status<T> {
 pub(crate) enum RespError {
     /// The first byte of a value is not one of `+-:$*`.
     BadType(u8),
-    /// A length or integer that is not a decimal number.
+    /// A length or integer that is not a decimal number, or a negative length but -1.
     BadNumber,
     /// A bulk string not followed by CRLF.
     BadTerminator,
@@ -113,11 +113,11 @@ fn parse_at<'a>(
         b'-' => Ok(Status::Complete((Value::Error(line), after))),
         b':' => Ok(Status::Complete((Value::Int(number(line)?), after))),
         b'$' => {
-            let n = number(line)?;
-            if n < 0 {
-                return Ok(Status::Complete((Value::Bulk(None), after)));
-            }
-            let n = usize::try_from(n).map_err(|_| RespError::TooLong)?;
+            let n = match number(line)? {
+                -1 => return Ok(Status::Complete((Value::Bulk(None), after))),
+                n if n < 0 => return Err(RespError::BadNumber),
+                n => usize::try_from(n).map_err(|_| RespError::TooLong)?,
+            };
             if n > limits.max_bulk {
                 return Err(RespError::TooLong);
             }
@@ -131,11 +131,11 @@ fn parse_at<'a>(
             Ok(Status::Complete((Value::Bulk(Some(&buf[after..end])), end + 2)))
         }
         b'*' => {
-            let n = number(line)?;
-            if n < 0 {
-                return Ok(Status::Complete((Value::Array(None), after)));
-            }
-            let n = usize::try_from(n).map_err(|_| RespError::TooLong)?;
+            let n = match number(line)? {
+                -1 => return Ok(Status::Complete((Value::Array(None), after))),
+                n if n < 0 => return Err(RespError::BadNumber),
+                n => usize::try_from(n).map_err(|_| RespError::TooLong)?,
+            };
             if n > limits.max_array {
                 return Err(RespError::TooLong);
             }
@@ -299,6 +299,16 @@ mod tests {
         let small = Limits { max_line: 4, ..L };
         assert_eq!(parse(b"\0\0\0\0\0\r", &small), Err(RespError::BadType(0)));
         assert_eq!(parse(b"\0\0\0\0\0\r\n", &small), Err(RespError::BadType(0)));
+    }
+
+    #[test]
+    fn negative_lengths_other_than_minus_one_are_refused() {
+        // Caught by the resp fuzz target's re-encoding check on a hand-written seed: `$-5`
+        // and `*-2` were read as nulls, which only `-1` spells in RESP2.
+        assert_eq!(parse(b"$-5\r\n", &L), Err(RespError::BadNumber));
+        assert_eq!(parse(b"*-2\r\n", &L), Err(RespError::BadNumber));
+        assert_eq!(parse(b"$-0\r\n\r\n", &L), Ok(Status::Complete((Value::Bulk(Some(b"")), 7))));
+        assert_eq!(parse(b"*-1\r\n", &L), Ok(Status::Complete((Value::Array(None), 5))));
     }
 
     #[test]
