@@ -14,7 +14,8 @@ use super::resp::{parse, Limits, RespError, Status, Value, MAX_LINE};
 /// `max_array` 0, 2, 16 or unlimited; `max_bulk` 0, 8, 64 or unlimited; `max_line`
 /// 4, 16, 64 or the bridge's 64 KiB. The low nibble of `chunking` is how many
 /// chunk-size bytes follow (none means one byte at a time); each chunk is that byte
-/// plus one long, the sizes cycled.
+/// plus one long, the sizes cycled. Bits 4 and 5 of `chunking` pick `max_reply`:
+/// unlimited, 12, 48 or 256.
 ///
 /// The stream is parsed the way the bridge reads a socket: replies taken off the front
 /// while complete. Once all at once, once fed in chunks; both must give the same
@@ -22,7 +23,8 @@ use super::resp::{parse, Limits, RespError, Status, Value, MAX_LINE};
 /// a reply cut anywhere is "need more", never an error it would not be whole. Each
 /// reply must stay within the limits (arrays allocated for exactly their elements),
 /// must re-encode to the bytes it was parsed from (numbers in canonical spelling), and
-/// its canonical encoding must parse back to it.
+/// its canonical encoding must parse back to it. A reply still incomplete must not
+/// have made us buffer more than `max_reply`.
 pub fn resp(data: &[u8]) {
     let [limits, chunking, ref rest @ ..] = *data else {
         return;
@@ -37,6 +39,7 @@ pub fn resp(data: &[u8]) {
         max_array: [0, 2, 16, usize::MAX][(limits >> 2 & 3) as usize],
         max_bulk: [0, 8, 64, usize::MAX][(limits >> 4 & 3) as usize],
         max_line: [4, 16, 64, MAX_LINE][(limits >> 6) as usize],
+        max_reply: [usize::MAX, 12, 48, 256][(chunking >> 4 & 3) as usize],
     };
     let whole = read(stream, &mut std::iter::once(stream.len()), &limits);
     let pieces = if sizes.is_empty() {
@@ -73,7 +76,11 @@ fn read(stream: &[u8], chunks: &mut dyn Iterator<Item = usize>, limits: &Limits)
                     replies.push((check_reply(&v, raw, limits), n));
                     used += n;
                 }
-                Ok(Status::Partial) => break,
+                Ok(Status::Partial) => {
+                    let pending = inbuf.len() - used;
+                    assert!(pending <= limits.max_reply, "{pending} bytes buffered for one reply");
+                    break;
+                }
                 Err(e) => return (replies, End::Error(e)),
             }
         }
@@ -88,6 +95,7 @@ fn read(stream: &[u8], chunks: &mut dyn Iterator<Item = usize>, limits: &Limits)
 /// returns its canonical encoding.
 fn check_reply(v: &Value<'_>, raw: &[u8], limits: &Limits) -> Vec<u8> {
     within_limits(v, limits, 0);
+    assert!(raw.len() <= limits.max_reply, "reply of {} bytes", raw.len());
     let mut enc = Vec::new();
     encode(v, &mut enc);
     let (used, canonical) = matches(v, raw);
