@@ -1,6 +1,7 @@
 //! Runs every seed in `fuzz/corpus/<target>/` through the same check the fuzz target
 //! runs, so the committed corpus (and every crash added to it) is replayed by plain
-//! `cargo test`, without cargo-fuzz or a nightly toolchain.
+//! `cargo test`, without cargo-fuzz or a nightly toolchain. The `resp` seeds need the
+//! `redis` feature (`cargo test --all-features`, as scripts/test.sh runs).
 
 use std::fs;
 use std::path::PathBuf;
@@ -35,4 +36,10 @@ fn frame_seeds_pass() {
 #[test]
 fn message_seeds_pass() {
     replay("message", fuzzing::message);
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn resp_seeds_pass() {
+    replay("resp", wsloop::redis::fuzzing::resp);
 }

@@ -163,7 +163,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub fn new(poll: Poll, inner: Arc<Inner>, queue: Receiver<Vec<u8>>, server: WeakPublisher) -> Driver {
         let backoff = inner.cfg.backoff_min;
-        let limits = Limits { max_bulk: inner.cfg.max_message.saturating_add(64 * 1024), max_array: 16, max_depth: 2 };
+        let limits = Limits::for_payload(inner.cfg.max_message);
         let rng = inner.node | 1;
         Driver {
             poll,

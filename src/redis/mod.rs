@@ -40,6 +40,7 @@
 mod config;
 mod driver;
 pub mod envelope;
+pub mod fuzzing;
 mod resp;
 
 pub use config::{RedisConfig, SubscribeMode};
