@@ -21,3 +21,8 @@ pub mod session;
 
 pub use proto::CloseCode;
 pub use server::{Config, Connection, Handle, Handler, Message, Server};
+
+/// The README's code examples, compiled as doc tests so they stay in step with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -1,5 +1,8 @@
-//! Every timeout and the heartbeat, against the real server over loopback with short
-//! values (tick 10 ms, timeouts of 100-500 ms).
+//! Timeouts end to end, against the real server over loopback with short values (tick
+//! 10 ms, timeouts of 100-500 ms): the handshake timeout and slowloris, one idle close,
+//! pings in bulk, the application's timers and the wheel's per-turn limit. Each timeout's
+//! rules (ping, idle, close, write stall, token expiry, rate limit) are tested on the
+//! session alone in simulated time, in `src/session/tests.rs`.
 //!
 //! Bounds are generous so the tests hold on a loaded two-core machine: a timeout may
 //! fire up to one tick early (deadlines count from the start of the tick an event fell
@@ -19,9 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tungstenite::Message as WsMessage;
-use wsloop::proto::{CloseCode, Request};
+use wsloop::proto::Request;
 use wsloop::server::metrics::TimeoutKind;
-use wsloop::server::{Accept, BackpressurePolicy, Config, ConnId, Connection, Handler, Message, Reject};
+use wsloop::server::{Accept, Config, ConnId, Connection, Handler, Message, Reject};
 
 use common::counting::{Counting, ALLOCS};
 
@@ -108,16 +111,6 @@ impl Raw {
         assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
         r.buf.drain(..end);
         r
-    }
-
-    /// Sends one masked frame.
-    fn send(&mut self, opcode: u8, payload: &[u8]) {
-        assert!(payload.len() < 126);
-        let key = [0x12, 0x34, 0x56, 0x78];
-        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        self.s.write_all(&f).unwrap();
     }
 
     /// The next server frame (unmasked), EOF, or a timeout after `wait`.
@@ -371,52 +364,6 @@ fn soft_fd_limit() -> usize {
 // ---- heartbeat -------------------------------------------------------------------
 
 #[test]
-fn silent_client_receives_a_ping_after_ping_interval() {
-    let _g = serial();
-    let server = TestServer::echo(Config {
-        ping_interval: Duration::from_millis(200),
-        idle_timeout: Duration::from_secs(5),
-        ..cfg()
-    });
-    let mut ws = ws_connect(&server, "/");
-    let t = Instant::now();
-    match ws_read(&mut ws, Duration::from_secs(3)) {
-        Some(WsMessage::Ping(p)) => assert!(p.is_empty()),
-        other => panic!("expected a ping, got {other:?}"),
-    }
-    assert_around("first ping", t.elapsed(), 200 * MS, 1500 * MS);
-    assert_eq!(all_timeouts(&server), [0; 4]);
-}
-
-#[test]
-fn ponging_client_stays_open_past_idle_timeout_and_is_pinged_once_per_interval() {
-    let _g = serial();
-    let server = TestServer::echo(Config {
-        ping_interval: Duration::from_millis(100),
-        idle_timeout: Duration::from_millis(300),
-        ..cfg()
-    });
-    let mut ws = ws_connect(&server, "/");
-    // tungstenite answers each ping on the next read.
-    let window = Duration::from_millis(1500);
-    let t = Instant::now();
-    let mut pings = 0;
-    while t.elapsed() < window {
-        match ws_read(&mut ws, Duration::from_millis(20)) {
-            Some(WsMessage::Ping(_)) => pings += 1,
-            None => {}
-            Some(other) => panic!("unexpected {other:?} (closed while answering pings?)"),
-        }
-    }
-    // About window / ping_interval = 15 (a pong arriving in the tick after its ping
-    // stretches the period by a tick); the pongs themselves must not draw pings.
-    assert!((6..=17).contains(&pings), "{pings} pings in {window:?}");
-    ws_echo(&mut ws, "alive");
-    assert_eq!(server.handle().open_connections(), 1);
-    assert_eq!(all_timeouts(&server), [0; 4]);
-}
-
-#[test]
 fn unresponsive_client_gets_1001_after_idle_timeout_then_tcp_closes_after_close_timeout() {
     let _g = serial();
     let server = TestServer::echo(Config {
@@ -448,37 +395,6 @@ fn unresponsive_client_gets_1001_after_idle_timeout_then_tcp_closes_after_close_
     assert_around("EOF after the close frame", t.elapsed() - closed_at, 300 * MS, 2000 * MS);
     assert!(wait_until(Duration::from_secs(2), || timeouts(&server, TimeoutKind::Close) == 1));
     assert_eq!(all_timeouts(&server), [0, 1, 1, 0]);
-}
-
-#[test]
-fn incoming_data_counts_as_life_without_pongs() {
-    let _g = serial();
-    let server = TestServer::echo(Config {
-        ping_interval: Duration::from_millis(200),
-        idle_timeout: Duration::from_millis(400),
-        ..cfg()
-    });
-    // Never reads during the window, so never answers a ping.
-    let mut ws = ws_connect(&server, "/");
-    let t = Instant::now();
-    let mut i = 0;
-    while t.elapsed() < Duration::from_millis(1200) {
-        ws.send(WsMessage::Text(format!("tick {i}"))).unwrap();
-        i += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(all_timeouts(&server), [0; 4]);
-    assert_eq!(server.handle().open_connections(), 1);
-    // The echoes are all there; no close frame among them.
-    let mut echoes = 0;
-    while echoes < i {
-        match ws_read(&mut ws, Duration::from_secs(2)) {
-            Some(WsMessage::Text(_)) => echoes += 1,
-            Some(WsMessage::Ping(_)) => {}
-            other => panic!("expected the echoes, got {other:?}"),
-        }
-    }
-    ws_echo(&mut ws, "alive");
 }
 
 /// Regression: a ping queued by the timer waited for the end of the loop turn to be
@@ -518,115 +434,7 @@ fn pings_due_in_the_same_tick_allocate_nothing() {
 
 // ---- close handshake timeout -----------------------------------------------------
 
-/// Echo, except "bye" makes the server start the close handshake.
-struct CloseOnBye;
-
-impl Handler for CloseOnBye {
-    type State = ();
-
-    fn on_open<'r>(&mut self, _: &mut Connection<'_>, _: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
-        Ok(Accept::new(()))
-    }
-
-    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
-        if msg.as_bytes() == b"bye" {
-            conn.close(CloseCode::NORMAL, "bye");
-        } else {
-            let _ = conn.send(msg);
-        }
-    }
-}
-
-#[test]
-fn unanswered_server_close_shuts_tcp_after_close_timeout() {
-    let _g = serial();
-    let server = TestServer::start(Config { close_timeout: Duration::from_millis(300), ..cfg() }, |_| CloseOnBye);
-    let mut raw = Raw::open(server.addr, UPGRADE);
-    raw.send(0x1, b"bye");
-    match raw.next(Duration::from_secs(3)) {
-        Got::Frame(CLOSE, p) => assert_eq!(close_code(&p), 1000),
-        other => panic!("expected the close frame, got {other:?}"),
-    }
-    let t = Instant::now();
-    assert_eq!(raw.next(Duration::from_secs(3)), Got::Eof);
-    assert_around("EOF after the unanswered close", t.elapsed(), 300 * MS, 2000 * MS);
-    assert!(wait_until(Duration::from_secs(2), || timeouts(&server, TimeoutKind::Close) == 1));
-    assert_eq!(all_timeouts(&server), [0, 0, 1, 0]);
-}
-
-#[test]
-fn answered_server_close_is_not_a_timeout() {
-    let _g = serial();
-    let server = TestServer::start(Config { close_timeout: Duration::from_millis(300), ..cfg() }, |_| CloseOnBye);
-    let mut raw = Raw::open(server.addr, UPGRADE);
-    raw.send(0x1, b"bye");
-    assert!(matches!(raw.next(Duration::from_secs(3)), Got::Frame(CLOSE, _)));
-    raw.send(0x8, &1000u16.to_be_bytes());
-    let t = Instant::now();
-    assert_eq!(raw.next(Duration::from_secs(3)), Got::Eof);
-    assert!(t.elapsed() < Duration::from_millis(250), "EOF took {:?}", t.elapsed());
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(all_timeouts(&server), [0; 4]);
-}
-
 // ---- write stall -----------------------------------------------------------------
-
-/// Answers "fill" with 16 MiB; ignores everything else.
-struct Stuffer;
-
-impl Handler for Stuffer {
-    type State = ();
-
-    fn on_open<'r>(&mut self, _: &mut Connection<'_>, _: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
-        Ok(Accept::new(()))
-    }
-
-    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
-        if msg.as_bytes() == b"fill" {
-            let _ = conn.send_binary(&vec![0u8; 16 << 20]);
-        }
-    }
-}
-
-/// A client that keeps talking (so it is never idle) but never reads, behind a small
-/// receive buffer, so the 16 MiB cannot drain: the write-stall limit closes it.
-#[test]
-fn undrained_output_is_closed_after_idle_timeout_as_a_write_stall() {
-    let _g = serial();
-    let server = TestServer::start(
-        Config {
-            ping_interval: Duration::from_millis(200),
-            idle_timeout: Duration::from_millis(500),
-            max_message: 32 << 20,
-            // Drop (not PauseReading): the server keeps reading this client, so only the
-            // undrained output can time it out.
-            backpressure_policy: BackpressurePolicy::Drop,
-            ..cfg()
-        },
-        |_| Stuffer,
-    );
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    // Fixed small receive buffer: no autotuning, a window of a few KiB.
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&server.addr.into()).unwrap();
-    let mut ws = ws_over(&server, "/", sock.into());
-    ws.send(WsMessage::Text("fill".into())).unwrap();
-    let t = Instant::now();
-    let mut sent = 0;
-    let closed = wait_until(Duration::from_secs(5), || {
-        // Best effort: once the server has dropped the socket, writes fail.
-        if ws.send(WsMessage::Text(format!("still here {sent}"))).is_ok() {
-            sent += 1;
-        }
-        std::thread::sleep(Duration::from_millis(40));
-        timeouts(&server, TimeoutKind::WriteStall) == 1
-    });
-    assert!(closed, "no write-stall timeout; timeouts {:?}", all_timeouts(&server));
-    assert_around("write stall", t.elapsed(), 500 * MS, 2500 * MS);
-    assert!(sent >= 5, "the client kept sending ({sent} messages)");
-    assert!(wait_until(Duration::from_secs(2), || server.handle().open_connections() == 0));
-    assert_eq!(all_timeouts(&server), [0, 0, 0, 1]);
-}
 
 // ---- application timers ----------------------------------------------------------
 

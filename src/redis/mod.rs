@@ -24,11 +24,7 @@
 //!
 //! ```no_run
 //! use wsloop::redis::{RedisBridge, RedisConfig};
-//! use wsloop::server::{Config, Server};
-//! # #[derive(Clone)] struct Rooms;
-//! # impl wsloop::Handler for Rooms {
-//! #     fn on_message(&mut self, _: &mut wsloop::Connection<'_>, _: wsloop::Message<'_>) {}
-//! # }
+//! use wsloop::server::{Config, Rooms, Server};
 //!
 //! let server = Server::bind("0.0.0.0:9001", Config::default())?;
 //! let cfg = RedisConfig::from_url("redis://127.0.0.1:6379/").map_err(std::io::Error::other)?;
@@ -40,6 +36,7 @@
 mod config;
 mod driver;
 pub mod envelope;
+#[doc(hidden)]
 pub mod fuzzing;
 mod resp;
 

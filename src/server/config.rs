@@ -17,15 +17,14 @@ pub use crate::session::BackpressurePolicy;
 pub enum AcceptMode {
     /// One SO_REUSEPORT listener per worker; the kernel picks a worker by hashing each
     /// connection's addresses. No hand-over, no cross-thread traffic per connection,
-    /// and accepting scales with the workers; but the spread is statistical (1 and 4 of
-    /// 5 connections on two workers in our runs), and a busy worker still gets its share.
+    /// and accepting scales with the workers; but the spread is statistical (uneven for
+    /// a handful of connections), and a busy worker still gets its share.
     ReusePort,
     /// One listener on the first worker, which hands each accepted socket to the
     /// workers in turn through their inbox and waker: an exact round robin, at the
-    /// cost of a channel send and a wake-up per connection. The default: on this
-    /// project's 2-core measurements it connected as fast or faster (32-35k against
-    /// 29-32k connections/s, the load generator being the limit) and echoed at the same
-    /// rate. Its ceiling is one thread's accept rate, which `ReusePort` does not have.
+    /// cost of a channel send and a wake-up per connection. The default: it connects
+    /// as fast and echoes at the same rate in the README's measurements. Its ceiling is
+    /// one thread's accept rate, which `ReusePort` does not have.
     Handoff,
 }
 

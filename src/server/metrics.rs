@@ -12,19 +12,19 @@ pub struct Counter(AtomicU64);
 impl Counter {
     /// Adds `n` (owner thread only).
     #[inline]
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
     /// Adds one (owner thread only).
     #[inline]
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
 
     /// Subtracts `n` (owner thread only; for gauges).
     #[inline]
-    pub fn sub(&self, n: u64) {
+    pub(crate) fn sub(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 
@@ -145,12 +145,12 @@ impl WorkerMetrics {
     }
 
     /// Counts a timeout.
-    pub fn timeout(&self, k: TimeoutKind) {
+    pub(crate) fn timeout(&self, k: TimeoutKind) {
         self.timeouts[k as usize].inc();
     }
 
     /// Records how long handling one message took.
-    pub fn observe_latency_ns(&self, ns: u64) {
+    pub(crate) fn observe_latency_ns(&self, ns: u64) {
         let us = ns / 1000;
         let i = LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BUCKETS_US.len());
         self.handle_latency[i].inc();

@@ -35,6 +35,7 @@ mod config;
 mod conn;
 mod connection;
 mod delivery;
+mod expiry;
 mod gate;
 mod handler;
 pub mod metrics;

@@ -5,13 +5,12 @@
 use super::conn::Conn;
 use super::connection::{Connection, Ctx, TimerEvent, NO_CONN};
 use super::handler::{ConnId, Handler, Message};
-use super::metrics::TimeoutKind;
 use super::shared::{Cmd, Shared};
 use super::sock::Sock;
 use super::timer::TimerId;
 use crate::buf::Ring;
 use crate::proto::frame::OpCode;
-use crate::session::{CloseCause, Ending, Flushed, ReadTarget, Received, Timeout, MAX_TRANSMIT_SLICES};
+use crate::session::{CloseCause, Ending, Flushed, ReadTarget, Received, MAX_TRANSMIT_SLICES};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -22,9 +21,6 @@ use std::time::{Duration, Instant};
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
-
-/// Expired timers handled per loop turn, so one busy source cannot starve the others.
-const MAX_TIMERS_PER_TURN: usize = 8192;
 
 pub(crate) struct Worker<H: Handler> {
     pub(super) poll: Poll,
@@ -42,7 +38,7 @@ pub(crate) struct Worker<H: Handler> {
     pub(super) fd_exhaustion_logged: bool,
     pub(super) drain_deadline: Option<u64>,
     pub(super) stop: bool,
-    expired: Vec<(TimerId, TimerEvent)>,
+    pub(super) expired: Vec<(TimerId, TimerEvent)>,
     work: Vec<u32>,
     /// The read ring of whichever open connection is being read, lent to that
     /// connection only if it leaves bytes undecoded: the usual read (whole messages)
@@ -394,7 +390,7 @@ impl<H: Handler> Worker<H> {
 
     /// Writes what the session has queued and deals with the outcome.
     #[inline(always)]
-    fn flush(&mut self, key: u32) {
+    pub(super) fn flush(&mut self, key: u32) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -470,71 +466,6 @@ impl<H: Handler> Worker<H> {
             None => {}
         }
         self.ctx.arm_session(conn, key);
-    }
-
-    // ---- timers ------------------------------------------------------------------
-
-    fn run_timers(&mut self) {
-        let now = self.ctx.now_tick as u64;
-        let mut expired = std::mem::take(&mut self.expired);
-        self.ctx.wheel.advance(now, MAX_TIMERS_PER_TURN, &mut expired);
-        for (id, ev) in expired.drain(..) {
-            match ev {
-                TimerEvent::Conn { key, generation } => {
-                    let Some(conn) = self.conns.get_mut(key as usize) else {
-                        continue;
-                    };
-                    if conn.meta.generation != generation || conn.meta.timer != Some(id) {
-                        continue;
-                    }
-                    conn.meta.timer = None;
-                    self.timeout(key);
-                }
-                TimerEvent::App { key, generation, slot } => {
-                    let Worker { conns, ctx, handler, .. } = self;
-                    let token = ctx.app_tokens.remove(slot as usize);
-                    let Some(conn) = conns.get_mut(key as usize) else {
-                        continue;
-                    };
-                    if conn.meta.generation != generation || !conn.session.is_open() {
-                        continue;
-                    }
-                    if let Some((core, user)) = conn.session.parts() {
-                        let mut c = Connection { core, ctx: &mut *ctx, meta: &mut conn.meta, key };
-                        handler.on_timer(&mut c, user, token);
-                    }
-                }
-            }
-        }
-        self.expired = expired;
-    }
-
-    /// The connection's deadline came: the session decides what it means.
-    fn timeout(&mut self, key: u32) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        let ctx = &mut self.ctx;
-        let fired = conn.session.handle_timeout(&ctx.scfg, &mut ctx.wpool, ctx.now_tick);
-        let kind = match fired {
-            Some(Timeout::Handshake) => Some(TimeoutKind::Handshake),
-            Some(Timeout::Idle) => Some(TimeoutKind::Idle),
-            Some(Timeout::Close) => Some(TimeoutKind::Close),
-            Some(Timeout::WriteStall) => Some(TimeoutKind::WriteStall),
-            Some(Timeout::Pinged) | None => None,
-        };
-        if let Some(kind) = kind {
-            ctx.metrics.timeout(kind);
-            log::debug!("connection from {}: {} timeout", conn.meta.ip(), kind.label());
-        }
-        if conn.session.buffered() > 0 {
-            // Written now, not with the rest of the turn's output: until it is written a
-            // ping holds a pooled ring, and the thousands of connections pinged in one
-            // tick would each take one, most newly allocated.
-            conn.meta.dirty = false;
-            self.flush(key);
-        }
-        self.end(key);
     }
 
     // ---- shutdown and removal ----------------------------------------------------
