@@ -528,6 +528,30 @@ mod tests {
     }
 
     #[test]
+    fn small_frame_fast_path_decodes_what_the_general_path_does() {
+        // The decoder's one fast path (small, final, masked text or binary) against
+        // `decode_general` on the same bytes, for every first and second byte: valid
+        // frames, bad opcodes, RSV bits, FIN clear, unmasked, invalid UTF-8.
+        let cfg = DecoderConfig::default();
+        for b0 in 0u8..=255 {
+            for (len, b1mask) in [(0usize, 0x80u8), (5, 0x80), (5, 0), (125, 0x80)] {
+                for payload in [vec![b'a'; len], vec![0xff; len]] {
+                    let mut wire = vec![b0, b1mask | len as u8, 1, 2, 3, 4];
+                    let mut masked = payload.clone();
+                    crate::proto::mask::apply_mask(&mut masked, [1, 2, 3, 4], 0);
+                    wire.extend(&masked);
+                    let mut a = wire.clone();
+                    let mut b = wire.clone();
+                    let (mut fast, mut general) = (Decoder::new(), Decoder::new());
+                    let x = fast.decode(&mut a, &cfg).map(|(n, e)| (n, e.map(OwnedEvent::from)));
+                    let y = general.decode_general(&mut b, &cfg).map(|(n, e)| (n, e.map(OwnedEvent::from)));
+                    assert_eq!(x, y, "b0 {b0:#x} len {len} mask {b1mask:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn single_frame_text_is_returned_in_place() {
         let mut wire = frame(true, OpCode::Text, b"Hello");
         let mut dec = Decoder::new();

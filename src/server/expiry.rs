@@ -62,7 +62,8 @@ impl<H: Handler> Worker<H> {
         };
         if let Some(kind) = kind {
             ctx.metrics.timeout(kind);
-            log::debug!("connection from {}: {} timeout", conn.meta.ip(), kind.label());
+            let ip = conn.meta.ip();
+            log::debug!(peer:% = ip, timeout = kind.label(); "connection from {ip}: {} timeout", kind.label());
         }
         if conn.session.buffered() > 0 {
             // Written now, not with the rest of the turn's output: until it is written a

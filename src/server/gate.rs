@@ -151,7 +151,9 @@ fn refuse<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, key: u32, refusal: Refu
     if admitted {
         ctx.shared.release(conn.meta.ip());
     }
-    log::info!("handshake from {} refused: {} {}", conn.meta.ip(), refusal.status(), refusal.describe().1);
+    let (ip, status) = (conn.meta.ip(), refusal.status());
+    log::info!(peer:% = ip, status = status, reason = refusal.label();
+        "handshake from {ip} refused: {status} {}", refusal.describe().1);
     ctx.metrics.refused(&refusal);
     conn.session.refuse(&refusal.response(), &mut ctx.wpool, ctx.now_tick);
     ctx.mark_dirty(&mut conn.meta, key);

@@ -332,7 +332,8 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Received::Closing(cause) => {
-                    log::info!("closing {}: {}", conn.meta.ip(), cause.reason());
+                    let (ip, code) = (conn.meta.ip(), cause.code().0);
+                    log::info!(peer:% = ip, code = code, cause = cause.label(); "closing {ip}: {}", cause.reason());
                     if cause == CloseCause::RateLimit {
                         ctx.metrics.rate_limited.inc();
                     }
@@ -523,6 +524,9 @@ impl<H: Handler> Worker<H> {
             ctx.metrics.never_upgraded.inc();
             return;
         };
+        let ip = conn.meta.ip();
+        log::debug!(peer:% = ip, code = end.code.0, cause = end.cause.label();
+            "connection from {ip} ended: {} ({})", end.code, end.cause.reason());
         {
             ctx.metrics.closed(&end);
             ctx.metrics.open.sub(1);
