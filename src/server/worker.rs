@@ -326,7 +326,13 @@ impl<H: Handler> Worker<H> {
                     handler.on_message(&mut c, user, msg);
                 }
                 Received::Control(op) => {
-                    ctx.metrics.frames_in[op.as_u8() as usize & 7].inc();
+                    // Indexes of `metrics::OPCODES`.
+                    let i = match op {
+                        OpCode::Close => 3,
+                        OpCode::Ping => 4,
+                        _ => 5,
+                    };
+                    ctx.metrics.frames_in[i].inc();
                     if op != OpCode::Pong {
                         ctx.mark_dirty(&mut conn.meta, key);
                     }
