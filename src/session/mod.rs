@@ -789,6 +789,17 @@ impl Core {
             o.tx_since = now;
         }
         self.out.push(pool, frame);
+        if self.out.len() > cfg.max_backpressure {
+            // A frame larger than the cap, into an empty queue: over the cap as a send
+            // would be (PauseReading stops reading, so the peer's messages cannot queue
+            // a second frame over the cap behind it).
+            let went_over = !o.congested;
+            o.congested = true;
+            if cfg.backpressure_policy == BackpressurePolicy::PauseReading {
+                o.paused = true;
+            }
+            return Sent { status: SendStatus::QueuedOverCap, went_over, capped: false };
+        }
         Sent::QUEUED
     }
 
