@@ -6,6 +6,9 @@ use std::fs;
 use std::path::PathBuf;
 use wsloop::proto::fuzzing;
 
+#[path = "../fuzz/common/session_differential.rs"]
+mod session_differential;
+
 fn replay(target: &str, check: fn(&[u8])) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
     let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
@@ -35,4 +38,14 @@ fn frame_seeds_pass() {
 #[test]
 fn message_seeds_pass() {
     replay("message", fuzzing::message);
+}
+
+#[test]
+fn session_seeds_pass() {
+    replay("session", wsloop::session::fuzzing::session);
+}
+
+#[test]
+fn session_differential_seeds_pass() {
+    replay("session_differential", session_differential::check);
 }

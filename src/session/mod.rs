@@ -41,6 +41,8 @@
 //! ```
 
 pub mod cause;
+#[doc(hidden)]
+pub mod fuzzing;
 mod outbox;
 #[cfg(test)]
 mod tests;
