@@ -78,3 +78,49 @@ fn where_both_agree_the_check_finds_no_difference() {
     assert_eq!((c.wsloop.code, c.tungstenite.code), (Some(1000), Some(1000)));
     assert!(!deliberate(&c), "an agreement is not a difference");
 }
+
+#[test]
+fn a_close_with_a_bad_code_and_a_bad_reason_is_1002_for_wsloop_1007_for_tungstenite() {
+    let c = run(7, &client_frame(0x88, &[0xAB, 0x66, 0xFF], false));
+    assert_eq!(c.wsloop.code, Some(1002));
+    assert_eq!(c.wsloop_error, Some(ProtocolError::InvalidCloseCode(0xAB66)));
+    assert_eq!(c.tungstenite.code, Some(1007));
+    assert!(deliberate(&c));
+    // One fault at a time, both agree.
+    let c = run(7, &client_frame(0x88, &[0xAB, 0x66, b'k'], false));
+    assert_eq!((c.wsloop.code, c.tungstenite.code), (Some(1002), Some(1002)));
+    let c = run(7, &client_frame(0x88, &[0x03, 0xE8, 0xFF], false));
+    assert_eq!((c.wsloop.code, c.tungstenite.code), (Some(1007), Some(1007)));
+}
+
+#[test]
+fn an_unmasked_frame_over_the_frame_limit_is_1002_for_wsloop_1009_for_tungstenite() {
+    // No mask bit, a 64-bit length of 2^40: wsloop refuses the missing mask, tungstenite
+    // the size (limit 125 with max_message 0).
+    let frame = [0x82, 0x7F, 0, 0, 1, 0, 0, 0, 0, 0];
+    let c = run(0, &frame);
+    assert_eq!(c.wsloop_error, Some(ProtocolError::MaskMismatch));
+    assert_eq!((c.wsloop.code, c.tungstenite.code), (Some(1002), Some(1009)));
+    assert!(deliberate(&c));
+}
+
+#[test]
+fn a_control_frame_in_the_16_bit_length_form_is_failed_by_wsloop_and_taken_by_tungstenite() {
+    // A pong of 3 bytes with its length as 126 + 0x0003, then a binary message.
+    let mut stream = vec![0x8A, 0xFE, 0x00, 0x03, 0, 0, 0, 0, b'a', b'b', b'c'];
+    stream.extend(client_frame(0x82, b"after", false));
+    let c = run(7, &stream);
+    assert_eq!(c.wsloop_error, Some(ProtocolError::ControlTooLong));
+    assert_eq!(c.wsloop.code, Some(1002));
+    assert!(c.wsloop.messages.is_empty());
+    assert_eq!(c.tungstenite.messages, [(false, b"after".to_vec())]);
+    assert_eq!(c.tungstenite.code, None);
+    assert!(session_differential::longer_control_form(&c) && deliberate(&c));
+    // A data frame in the same form is taken by both.
+    let mut stream = vec![0x82, 0xFE, 0x00, 0x03, 0, 0, 0, 0, b'a', b'b', b'c'];
+    stream.extend(client_frame(0x88, &[0x03, 0xE8], false));
+    let c = run(7, &stream);
+    assert_eq!(c.wsloop.messages, [(false, b"abc".to_vec())]);
+    assert_eq!(c.wsloop.messages, c.tungstenite.messages);
+    assert_eq!((c.wsloop.code, c.tungstenite.code), (Some(1000), Some(1000)));
+}
