@@ -7,6 +7,9 @@ use std::fs;
 use std::path::PathBuf;
 use wsloop::proto::fuzzing;
 
+#[path = "../fuzz/common/session_differential.rs"]
+mod session_differential;
+
 fn replay(target: &str, check: fn(&[u8])) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
     let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
@@ -42,4 +45,14 @@ fn message_seeds_pass() {
 #[test]
 fn resp_seeds_pass() {
     replay("resp", wsloop::redis::fuzzing::resp);
+}
+
+#[test]
+fn session_seeds_pass() {
+    replay("session", wsloop::session::fuzzing::session);
+}
+
+#[test]
+fn session_differential_seeds_pass() {
+    replay("session_differential", session_differential::check);
 }

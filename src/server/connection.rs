@@ -312,8 +312,16 @@ impl Connection<'_> {
         ctx.sent(self.core, self.meta, self.key, sent, false)
     }
 
-    /// Starts the close handshake with `code` and `reason` (cut to 123 bytes).
+    /// Starts the close handshake with `code` and `reason` (cut to 123 bytes). A code
+    /// that may not be sent (1005, 1006, 1015, below 1000, 1016-2999, 5000 and up) is
+    /// sent as 1011 and logged: the peer must never see it.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
+        let code = if code.is_valid_on_wire() {
+            code
+        } else {
+            log::warn!("Connection::close({code}): not a code that may be sent; closing with 1011");
+            CloseCode::INTERNAL_ERROR
+        };
         let ctx = &mut *self.ctx;
         self.core.close(CloseCause::Application, code, reason, &mut ctx.wpool, ctx.now_tick);
         if self.core.buffered() > 0 {

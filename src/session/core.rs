@@ -183,6 +183,16 @@ impl Core {
             return Sent::Capped { first: went_over };
         }
         self.out.push(pool, frame);
+        if self.out.len() > cfg.max_backpressure {
+            // A frame larger than the cap, into an empty queue: over the cap as a send
+            // would be (PauseReading stops reading, so the peer's messages cannot queue
+            // a second frame over the cap behind it). Found by the session fuzz target.
+            let first = o.congest(now);
+            if cfg.backpressure_policy == BackpressurePolicy::PauseReading {
+                o.backlog = Backlog::Paused;
+            }
+            return Sent::OverCap { first };
+        }
         Sent::Queued
     }
 
@@ -199,12 +209,17 @@ impl Core {
     /// Fails the connection (RFC 6455 7.1.7): close frame with the cause's code, then
     /// Closed without waiting for the peer's.
     pub(super) fn fail(&mut self, cause: CloseCause, pool: &mut BufPool, now: Tick) {
-        let code = cause.code();
-        match self.phase {
-            Phase::Open(_) => self.queue_close(Some((code, cause.reason())), pool),
-            Phase::Closing { .. } => {}
+        let code = match self.phase {
+            Phase::Open(_) => {
+                let code = cause.code();
+                self.queue_close(Some((code, cause.reason())), pool);
+                code
+            }
+            // Our close frame is out already: its code is the one on the wire, and the
+            // one reported (found by the session fuzz target).
+            Phase::Closing { code, .. } => code,
             _ => return,
-        }
+        };
         self.phase = Phase::Closed { since: now, end: Closed { code, cause }, peer_closed: false };
     }
 

@@ -43,6 +43,8 @@
 
 pub mod cause;
 mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 mod outbox;
 #[cfg(test)]
 mod tests;

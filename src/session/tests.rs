@@ -500,3 +500,18 @@ fn zero_sized_state_costs_no_bytes() {
     struct Counter(#[allow(dead_code)] u64);
     assert_eq!(std::mem::size_of::<Session<Counter>>(), std::mem::size_of::<Session<()>>() + 8);
 }
+
+#[test]
+fn a_protocol_error_after_our_close_reports_the_code_we_sent() {
+    let mut r = Rig::new();
+    r.s.core().close(CloseCause::SlowConsumer, CloseCode::POLICY_VIOLATION, "slow", &mut r.pool, 0);
+    // An unmasked frame from the client: a protocol error, but our close is on the wire.
+    r.feed(&[0x81, 0x02, b'h', b'i']);
+    r.flush();
+    assert_eq!(r.closes(), [1008], "no second close frame");
+    assert_eq!(r.s.poll_end(), Some(Ending::ShutdownWrite));
+    r.s.handle_eof();
+    let end = finished(&mut r).unwrap();
+    assert_eq!(end.code, CloseCode::POLICY_VIOLATION);
+    assert!(matches!(end.cause, CloseCause::Protocol(_)));
+}
