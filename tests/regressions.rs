@@ -25,7 +25,7 @@ fn patient() -> Config {
         workers: 1,
         handshake_timeout: Duration::from_secs(120),
         idle_timeout: Duration::from_secs(120),
-        ping_interval: Duration::from_secs(120),
+        ping_interval: Duration::from_secs(119),
         close_timeout: Duration::from_secs(120),
         ..Config::default()
     }
