@@ -45,7 +45,7 @@ impl Handler for Rooms {
     type State = ();
 
     fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
-        let rooms = rooms_of(req.path()).map_err(|e| Reject::new(400, e))?;
+        let rooms = rooms_of(req.target()).map_err(|e| Reject::new(400, e))?;
         if let Some(claim) = conn.ctx.cfg.rooms_claim.as_deref() {
             check_rooms(conn, claim, &rooms)?;
         }
