@@ -182,7 +182,7 @@ pub struct Cli {
     /// rooms only: may clients publish to their rooms? deny: a client's data message closes it with 1008
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = ClientPublish::Allow)]
     pub client_publish: ClientPublish,
-    /// rooms only: answer a plain GET / with a small page that joins a room (default: off, 426)
+    /// rooms only: answer a plain GET / with a small page that joins a room; without it, 426 (default: off)
     #[arg(long)]
     pub demo: bool,
     /// log line format; json is for log shippers
