@@ -38,7 +38,10 @@ fn redis_server() -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.is_file());
     if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "redis-server is not installed: CI must not skip this test");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "redis-server is not installed: CI must not skip this test"
+        );
         eprintln!("redis_push: redis-server not installed, skipping (scripts/test.sh installs it)");
     }
     found
