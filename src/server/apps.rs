@@ -38,6 +38,10 @@ impl Handler for Echo {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Rooms;
 
+/// The subprotocol [`Rooms`] confirms when offered (beside a `bearer.<token>` entry,
+/// which is never echoed: a browser needs some subprotocol confirmed).
+pub const ROOMS_PROTOCOL: &str = "wsloop";
+
 /// Most rooms one connection may ask for; more: 400.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
 
@@ -52,7 +56,13 @@ impl Handler for Rooms {
         for r in &rooms {
             conn.subscribe(r);
         }
-        Ok(Accept::new(()))
+        // Browsers fail a handshake that offered subprotocols and got none back; one that
+        // carries its token as `bearer.<token>` offers `wsloop` beside it to be confirmed.
+        let accept = Accept::new(());
+        match crate::auth::bearer::client_protocols(req).find(|p| *p == ROOMS_PROTOCOL) {
+            Some(p) => Ok(accept.with_protocol(p)),
+            None => Ok(accept),
+        }
     }
 
     fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {

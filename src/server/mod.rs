@@ -46,7 +46,7 @@ mod sock;
 pub(crate) mod timer;
 mod worker;
 
-pub use apps::{room_allowed, room_of, rooms_of, Echo, Rooms, MAX_ROOMS_PER_CONNECTION};
+pub use apps::{room_allowed, room_of, rooms_of, Echo, Rooms, MAX_ROOMS_PER_CONNECTION, ROOMS_PROTOCOL};
 pub use bridge::Bridge;
 pub use config::{AcceptMode, BackpressurePolicy, Config, ConfigError, PublishKey, MAX_WORKERS};
 pub use connection::{Claims, Connection};

@@ -38,6 +38,7 @@ const open = async (token, r) => {
   await p.goto(`${base}/?room=${encodeURIComponent(r)}&token=${encodeURIComponent(token)}&join`);
   return p;
 };
+const state = async (p) => ({ status: await p.locator("#status").textContent(), log: await p.locator("#log").textContent() });
 const seen = (p, text) => p.locator("#log li", { hasText: text }).first().waitFor({ timeout });
 try {
   const a = await open(tokA, room);
@@ -72,7 +73,9 @@ try {
   console.log(JSON.stringify({ ok: true, steps, refused_status: status }));
   await ctx.close();
 } catch (e) {
-  console.log(JSON.stringify({ ok: false, steps, error: String(e) }));
+  const pages = [];
+  for (const p of ctx.pages()) pages.push(await state(p).catch(() => null));
+  console.log(JSON.stringify({ ok: false, steps, error: String(e), pages }));
   await ctx.close().catch(() => {});
   process.exitCode = 1;
 } finally {
