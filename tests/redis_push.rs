@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tungstenite::Message;
-use wsloop::redis::{envelope, RedisBridge, RedisConfig};
+use wsloop::redis::{envelope, RedisBridge, RedisConfig, SubscribeMode};
 use wsloop::server::{Config, PublishKey, Rooms, Running, Server};
 
 const KEY: &str = "redis-push-test-key";
@@ -103,7 +103,7 @@ impl Drop for Node {
     }
 }
 
-fn start_node(redis_port: u16) -> Node {
+fn start_node(redis_port: u16, mode: SubscribeMode) -> Node {
     let cfg = Config {
         workers: 2,
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -111,7 +111,8 @@ fn start_node(redis_port: u16) -> Node {
         ..Config::default()
     };
     let server = Server::bind("127.0.0.1:0", cfg).unwrap();
-    let rc = RedisConfig::from_url(&format!("redis://127.0.0.1:{redis_port}/")).unwrap();
+    let mut rc = RedisConfig::from_url(&format!("redis://127.0.0.1:{redis_port}/")).unwrap();
+    rc.mode = mode;
     let bridge: Arc<RedisBridge> = RedisBridge::start(rc, &server.handle().publisher()).unwrap();
     let node_id = bridge.node_id();
     let server = server.with_bridge(bridge);
@@ -160,20 +161,36 @@ fn expect_exactly(clients: &mut [&mut Ws], want: &[Message], end_port: u16, room
 
 #[test]
 fn a_backend_publishes_plain_payloads_through_redis_to_every_node_exactly_once() {
+    backend_feeds_both_nodes(SubscribeMode::PerTopic);
+}
+
+#[test]
+fn plain_payloads_and_node_traffic_stay_apart_in_pattern_mode_too() {
+    backend_feeds_both_nodes(SubscribeMode::Pattern);
+}
+
+fn backend_feeds_both_nodes(mode: SubscribeMode) {
     let Some(bin) = redis_server() else { return };
-    let dir = std::env::temp_dir().join(format!("wsloop-redis-push-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("wsloop-redis-push-{}-{mode:?}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
     let _redis = start_redis(&bin, port, &dir);
-    let (a, b) = (start_node(port), start_node(port));
+    let (a, b) = (start_node(port, mode), start_node(port, mode));
     let mut on_a = connect(a.addr, "/news");
     let mut on_b = connect(b.addr, "/news");
     let node_channel = [b"wsloop:".as_slice(), envelope::NODE_CHANNEL_MARK, b"news"].concat();
     let end = Instant::now() + Duration::from_secs(10);
-    while (numsub(port, b"wsloop:news") < 2 || numsub(port, &node_channel) < 2) && Instant::now() < end {
+    let subscribed = || match mode {
+        SubscribeMode::PerTopic => numsub(port, b"wsloop:news") == 2 && numsub(port, &node_channel) == 2,
+        // Redis counts distinct patterns: ask each node what Redis last confirmed.
+        SubscribeMode::Pattern => {
+            [a.admin, b.admin].iter().all(|&ad| ops::http_get(ad, "/metrics").1.contains("\nwsloop_redis_channels 1\n"))
+        }
+    };
+    while !subscribed() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(numsub(port, b"wsloop:news"), 2, "both nodes subscribe to the room's channel");
+    assert!(subscribed(), "both nodes subscribe to the room's channels ({mode:?})");
 
     // Plain text, as `redis-cli PUBLISH wsloop:news hello` sends it.
     redis(port, &[b"PUBLISH", b"wsloop:news", b"hello"]);

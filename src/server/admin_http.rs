@@ -332,3 +332,60 @@ pub(crate) fn answer(status: u16, content_type: &str, body: &str, extra: &str, c
     );
     Answer { bytes: s.into_bytes(), close }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked() -> Body {
+        Body {
+            room: "r".into(),
+            binary: false,
+            keep_alive: true,
+            framing: Framing::Chunked(Chunk::Size),
+            data: Vec::new(),
+        }
+    }
+
+    /// Feeds `wire` split at `cut`, as two reads; the decoded body and what is left over.
+    fn feed_split(wire: &[u8], cut: usize, max: usize) -> Result<(bool, Vec<u8>, Vec<u8>), u16> {
+        let mut b = chunked();
+        let mut input = wire[..cut].to_vec();
+        let mut done = b.feed(&mut input, max).map_err(|a| status_of(&a))?;
+        input.extend_from_slice(&wire[cut..]);
+        if !done {
+            done = b.feed(&mut input, max).map_err(|a| status_of(&a))?;
+        }
+        Ok((done, b.data, input))
+    }
+
+    fn status_of(a: &Answer) -> u16 {
+        std::str::from_utf8(&a.bytes[9..12]).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn chunked_bodies_decode_the_same_wherever_the_reads_split_them() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for cut in 0..=wire.len() {
+            let (done, body, rest) = feed_split(wire, cut, 100).unwrap();
+            assert!(done, "cut at {cut}");
+            assert_eq!(body, b"hello world", "cut at {cut}");
+            assert_eq!(rest, b"NEXT", "cut at {cut}: a pipelined request stays");
+        }
+    }
+
+    #[test]
+    fn chunked_limits_are_checked_before_buffering() {
+        assert_eq!(feed_split(b"b\r\n", 3, 10).err(), Some(413));
+        assert_eq!(feed_split(b"5\r\naaaaa\r\n6\r\n", 13, 10).err(), Some(413));
+        assert_eq!(feed_split(b"zz\r\n", 4, 10).err(), Some(400));
+        assert_eq!(feed_split(b"2\r\nabXY", 7, 10).err(), Some(400));
+        let long = [b'1'; MAX_LINE + 1];
+        assert_eq!(feed_split(&long, long.len(), 10).err(), Some(400));
+        let mut trailers = b"0\r\n".to_vec();
+        trailers.extend(std::iter::repeat_n(b'a', MAX_HEAD + 1));
+        assert_eq!(feed_split(&trailers, trailers.len(), 10).err(), Some(431));
+        // Partial input is not an error.
+        assert_eq!(feed_split(b"5\r\nhel", 6, 10), Ok((false, b"hel".to_vec(), Vec::new())));
+    }
+}
