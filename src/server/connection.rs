@@ -349,7 +349,9 @@ impl Connection<'_> {
     }
 
     /// Publishes to every subscriber of `topic` on every worker (this connection too,
-    /// if subscribed); returns the number of workers reached.
+    /// if subscribed); returns the number of workers reached, 0 when another worker's
+    /// publish queue (`Config::publish_queue`) was full and the publish was refused
+    /// (counted in `wsloop_publishes_refused_total{source="client"}`).
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
         self.ctx.publish(topic, msg)
     }

@@ -23,7 +23,7 @@ fn defaults() -> Config {
 pub enum Mode {
     /// echoes every message with its opcode, on any path
     Echo,
-    /// a client on path /<room> joins that room; every message goes to the whole room
+    /// a client on path /<room> (and each ?room=R) joins that room; every message goes to its rooms
     Rooms,
 }
 
