@@ -43,3 +43,8 @@ fn message_seeds_pass() {
 fn resp_seeds_pass() {
     replay("resp", wsloop::redis::fuzzing::resp);
 }
+
+#[test]
+fn admin_chunked_seeds_pass() {
+    replay("admin_chunked", wsloop::server::fuzzing::admin_chunked);
+}

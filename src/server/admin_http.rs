@@ -333,6 +333,39 @@ pub(crate) fn answer(status: u16, content_type: &str, body: &str, extra: &str, c
     Answer { bytes: s.into_bytes(), close }
 }
 
+/// The fuzz target's check (`fuzz/fuzz_targets/admin_chunked.rs`): byte 0 picks the
+/// body limit (0-255), byte 1 where the rest is split into two reads; the rest is a
+/// chunked body. Checked: no panic, the decoded body never exceeds the limit, and a
+/// complete body decodes the same whatever the split.
+#[doc(hidden)]
+pub fn fuzz_chunked(data: &[u8]) {
+    let (Some(&max), Some(&cut)) = (data.first(), data.get(1)) else { return };
+    let (max, wire) = (max as usize, &data[2..]);
+    let cut = (cut as usize).min(wire.len());
+    let run = |cut: usize| {
+        let mut b = Body {
+            room: String::new(),
+            binary: true,
+            keep_alive: true,
+            framing: Framing::Chunked(Chunk::Size),
+            data: Vec::new(),
+        };
+        let mut input = wire[..cut].to_vec();
+        let mut r = b.feed(&mut input, max);
+        input.extend_from_slice(&wire[cut..]);
+        if matches!(r, Ok(false)) {
+            r = b.feed(&mut input, max);
+        }
+        assert!(b.data.len() <= max, "body over its limit");
+        (r.map(|done| done.then_some(b.data)).map_err(|a| a.bytes), input)
+    };
+    let (split, whole) = (run(cut), run(wire.len()));
+    if let (Ok(Some(a)), Ok(Some(b))) = (&split.0, &whole.0) {
+        assert_eq!(a, b, "the split changed the body");
+        assert_eq!(split.1, whole.1, "the split changed what is left over");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,12 @@ mod expiry;
 mod gate;
 mod handler;
 pub mod metrics;
+
+/// Fuzzing entry points (see `fuzz/`); not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::admin_http::fuzz_chunked as admin_chunked;
+}
 mod pubsub;
 mod shared;
 mod sock;
