@@ -10,7 +10,7 @@
 //! 3. throughput again with the N subscribers reading (accepted, and refused with 503
 //!    once the workers' publish queues are full).
 //!
-//! cargo run --release --example publish_bench -- [--subs 1000] [--rate 1000] [--secs 5] [--workers 2]
+//! cargo run --release --example publish_bench -- [--subs 1000] [--rate 1000] [--secs 5] [--workers 2] [--readers 2]
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -180,10 +180,17 @@ fn main() {
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let lat = Arc::new(Mutex::new(Vec::new()));
-    let r = {
+    // Reading 1000 sockets per publish is a read call each: spread over `--readers`
+    // threads so the measuring side is not the bottleneck.
+    let readers = arg("--readers", 2).max(1) as usize;
+    let mut socks = socks;
+    let per = socks.len().div_ceil(readers);
+    let mut threads = Vec::new();
+    while !socks.is_empty() {
+        let part: Vec<TcpStream> = socks.drain(..per.min(socks.len())).collect();
         let (stop, lat) = (stop.clone(), lat.clone());
-        std::thread::spawn(move || reader(socks, base, stop, lat))
-    };
+        threads.push(std::thread::spawn(move || reader(part, base, stop, lat)));
+    }
     let mut h = Http::new(admin);
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let start = Instant::now();
@@ -211,7 +218,9 @@ fn main() {
 
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    r.join().unwrap();
+    for t in threads {
+        t.join().unwrap();
+    }
     let mut l = std::mem::take(&mut *lat.lock().unwrap());
     l.sort_unstable();
     let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0);
