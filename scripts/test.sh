@@ -10,6 +10,8 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
 # promtool: tests/metrics_promtool.rs and tests/deploy_monitoring.rs (rules check and test).
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
+# tests/browser.rs: headless Chromium driven by playwright-core (npm, below).
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"
   # Another apt or dpkg may be running on a shared machine: wait for its lock (up to
@@ -24,6 +26,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
+# playwright-core only (never its browser download): it drives Debian's /usr/bin/chromium.
+[ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm install --silent --no-audit --no-fund)
 
 # Tests hold up to ~20,000 sockets across processes; the hard limit here is 20,000.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

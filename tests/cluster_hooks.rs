@@ -85,11 +85,11 @@ fn bridge_sees_topic_transitions_and_local_publishes_only() {
     assert_eq!(rec.take(), vec![Event::Published("x".into(), b"hi".to_vec(), true)]);
 
     // Publisher::publish forwards even with no local subscriber (other nodes may have some).
-    assert_eq!(publisher.publish("nobody-here", Message::Binary(b"b")), 0);
+    assert_eq!(publisher.publish("nobody-here", Message::Binary(b"b")).unwrap().workers, 0);
     assert_eq!(rec.take(), vec![Event::Published("nobody-here".into(), b"b".to_vec(), false)]);
 
     // What a bridge brings in is delivered here and not forwarded again.
-    assert!(publisher.publish_local("x", Message::Binary(b"remote")) >= 1);
+    assert!(publisher.publish_local("x", Message::Binary(b"remote")).unwrap().workers >= 1);
     for m in members.iter_mut() {
         assert_eq!(read_text(m), "bin:remote");
     }
@@ -135,7 +135,7 @@ fn unreachable_redis_never_blocks_publishers_and_counts_losses() {
     let publisher = server.handle().publisher();
     let start = Instant::now();
     for i in 0..1000 {
-        publisher.publish("t", Message::Text(&format!("m{i}")));
+        publisher.publish("t", Message::Text(&format!("m{i}"))).unwrap();
     }
     assert!(start.elapsed() < Duration::from_secs(1), "publishing must not wait for Redis");
     let lost = || {

@@ -56,3 +56,8 @@ fn session_seeds_pass() {
 fn session_differential_seeds_pass() {
     replay("session_differential", session_differential::check);
 }
+
+#[test]
+fn admin_chunked_seeds_pass() {
+    replay("admin_chunked", wsloop::server::fuzzing::admin_chunked);
+}

@@ -46,6 +46,9 @@ pub enum HandshakeError {
     BadKey,
     /// `Sec-WebSocket-Version` missing or not 13. 426, with `Sec-WebSocket-Version: 13`.
     UnsupportedVersion,
+    /// A plain HTTP GET: neither `Upgrade` nor `Connection: upgrade`. 426, with
+    /// `Upgrade: websocket` (a server may answer it with a page instead).
+    PlainHttp,
 }
 
 impl HandshakeError {
@@ -59,7 +62,7 @@ impl HandshakeError {
             | HandshakeError::BadKey => 400,
             HandshakeError::HeadersTooLarge => 431,
             HandshakeError::MethodNotAllowed => 405,
-            HandshakeError::UnsupportedVersion => 426,
+            HandshakeError::UnsupportedVersion | HandshakeError::PlainHttp => 426,
         }
     }
 
@@ -71,6 +74,7 @@ impl HandshakeError {
             HandshakeError::MethodNotAllowed => "method must be GET",
             HandshakeError::WrongHttpVersion => "HTTP/1.1 required",
             HandshakeError::NotWebSocketUpgrade => "Upgrade: websocket required",
+            HandshakeError::PlainHttp => "this is a WebSocket endpoint: Upgrade: websocket required",
             HandshakeError::NoConnectionUpgrade => "Connection: upgrade required",
             HandshakeError::BadKey => "Sec-WebSocket-Key must be base64 of 16 bytes",
             HandshakeError::UnsupportedVersion => "Sec-WebSocket-Version: 13 required",
@@ -219,6 +223,10 @@ pub fn parse_request<'h, 'b>(
             .filter(|h| h.name.eq_ignore_ascii_case(name))
             .any(|h| h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
     };
+    let any = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    if !any("upgrade") && !has_token("connection", "upgrade") {
+        return Err(HandshakeError::PlainHttp);
+    }
     if !has_token("upgrade", "websocket") {
         return Err(HandshakeError::NotWebSocketUpgrade);
     }
@@ -324,11 +332,14 @@ pub fn write_accept(
 /// The reason phrase for the statuses wsloop sends.
 pub fn status_text(status: u16) -> &'static str {
     match status {
+        200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

@@ -19,7 +19,7 @@
 use super::envelope;
 use super::resp::{self, Limits, Status, Value};
 use super::{Inner, SubscribeMode};
-use crate::server::WeakPublisher;
+use crate::server::{Message, WeakPublisher};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use std::collections::HashSet;
@@ -582,20 +582,52 @@ impl Driver {
                 }
                 _ => continue,
             };
-            let topic = channel.and_then(|c| c.strip_prefix(prefix)).and_then(|t| std::str::from_utf8(t).ok());
-            let (Some(topic), Some(data)) = (topic, data) else {
+            let Some(rest) = channel.and_then(|c| c.strip_prefix(prefix)) else {
                 malformed += 1;
                 continue;
             };
-            match envelope::decode(data) {
-                Ok(env) if env.node == inner.node => {} // our own, delivered locally already
-                Ok(env) => {
-                    if let Some(p) = &server {
-                        p.publish_local(topic, env.msg);
-                        inner.stats.received.fetch_add(1, Ordering::Relaxed);
+            let data = data.unwrap_or(b"");
+            // Node traffic has a channel of its own per topic: a backend's plain payload
+            // on the topic's channel is never read as an envelope, whatever its bytes.
+            let (node_traffic, topic) = match rest.strip_prefix(envelope::NODE_CHANNEL_MARK) {
+                Some(t) => (true, t),
+                None => (false, rest),
+            };
+            let Ok(topic) = std::str::from_utf8(topic) else {
+                malformed += 1;
+                continue;
+            };
+            let msg = if node_traffic {
+                match envelope::decode(data) {
+                    Ok(env) if env.node == inner.node => continue, // our own, delivered locally already
+                    Ok(env) => env.msg,
+                    Err(_) => {
+                        malformed += 1;
+                        continue;
                     }
                 }
-                Err(_) => malformed += 1,
+            } else {
+                if data.len() > inner.cfg.max_message {
+                    malformed += 1;
+                    continue;
+                }
+                match std::str::from_utf8(data) {
+                    Ok(text) => Message::Text(text),
+                    Err(_) => Message::Binary(data),
+                }
+            };
+            if let Some(p) = &server {
+                match p.publish_local(topic, msg) {
+                    Ok(_) => {
+                        inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                        if !node_traffic {
+                            inner.stats.plain.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         };
         link.inbuf.drain(..used);
@@ -603,7 +635,7 @@ impl Driver {
             inner.stats.malformed.fetch_add(malformed, Ordering::Relaxed);
             if self.malformed_warned_at.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
                 self.malformed_warned_at = Some(now);
-                log::warn!("redis: dropped {malformed} message(s) that are not wsloop envelopes");
+                log::warn!("redis: dropped {malformed} message(s): node traffic that is not a wsloop envelope, or over --max-message");
             }
         }
         result
@@ -626,11 +658,13 @@ impl Driver {
         let prefix = self.inner.cfg.prefix.as_bytes();
         for (verb, topics) in [(&b"SUBSCRIBE"[..], &add), (&b"UNSUBSCRIBE"[..], &remove)] {
             // UNSUBSCRIBE with no channel means all of them: never send an empty one.
-            for chunk in topics.chunks(CHANNELS_PER_COMMAND) {
-                resp::command(&mut self.subl.out, 1 + chunk.len());
+            for chunk in topics.chunks(CHANNELS_PER_COMMAND / 2) {
+                resp::command(&mut self.subl.out, 1 + 2 * chunk.len());
                 resp::arg(&mut self.subl.out, &[verb]);
                 for t in chunk {
+                    // The topic's channel (backends' plain payloads) and its node channel.
                     resp::arg(&mut self.subl.out, &[prefix, t.as_bytes()]);
+                    resp::arg(&mut self.subl.out, &[prefix, envelope::NODE_CHANNEL_MARK, t.as_bytes()]);
                 }
             }
         }

@@ -11,10 +11,18 @@
 //!
 //! The opcode is the WebSocket one: 1 text, 2 binary. A node drops messages that carry
 //! its own id: Redis echoes a node's publishes back to it, and the node has already
-//! delivered them locally. Id 0 belongs to no node: a backend that publishes into the
-//! cluster with its own Redis client uses it, and every node delivers the message.
+//! delivered them locally. Id 0 belongs to no node.
+//!
+//! Envelopes travel on a channel of their own per topic, the prefix, then
+//! [`NODE_CHANNEL_MARK`] (a NUL byte, which no room name from a request path contains),
+//! then the topic; never on the topic's channel (the prefix, then the topic): that one carries what backends publish with any
+//! Redis client, delivered unchanged (text when it is UTF-8, binary otherwise). So a
+//! backend's payload is never taken for an envelope, whatever bytes it starts with.
 
 use crate::server::Message;
+
+/// Between the prefix and the topic in a node channel's name.
+pub const NODE_CHANNEL_MARK: &[u8] = b"\0";
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 11;

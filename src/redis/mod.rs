@@ -6,9 +6,10 @@
 //!
 //! ```text
 //!  client -> worker --publish--> local subscribers           (at once, as without Redis)
-//!               \--try_send--> [bounded queue] -> wsloop-redis thread -> PUBLISH wsloop:<topic>
-//!  Redis -> wsloop-redis thread -> envelope from another node? -> Publisher::publish_local
-//!                                  from this node?  -> dropped (already delivered)
+//!               \--try_send--> [bounded queue] -> wsloop-redis thread -> PUBLISH wsloop:\0<topic>
+//!  Redis -> wsloop-redis thread -> wsloop:\0<topic>: envelope from another node? -> Publisher::publish_local
+//!                                                    from this node?  -> dropped (already delivered)
+//!                               -> wsloop:<topic>: a backend's plain payload  -> Publisher::publish_local
 //! ```
 //!
 //! One thread per node talks to Redis over two connections (publishing, subscribed),
@@ -18,9 +19,11 @@
 //! lost for the others (`wsloop_redis_lost_total`). The thread reconnects with
 //! exponential backoff and subscribes again.
 //!
-//! Messages travel in an [`envelope`]: the publishing node's id, the WebSocket opcode,
-//! the payload. A backend may publish into the cluster with any Redis client by
-//! building one with node id 0.
+//! Node-to-node messages travel in an [`envelope`] (the publishing node's id, the
+//! WebSocket opcode, the payload) on each topic's node channel, `<prefix>\0<topic>`. A
+//! backend publishes into the cluster with any Redis client on the topic's own channel:
+//! `PUBLISH wsloop:news hello` reaches room `news` on every node unchanged, as text when
+//! it is UTF-8 and as binary otherwise.
 //!
 //! ```no_run
 //! use wsloop::redis::{RedisBridge, RedisConfig};
@@ -88,6 +91,10 @@ pub(crate) struct Stats {
     pub lost_disconnected: AtomicU64,
     pub lost_rejected: AtomicU64,
     pub malformed: AtomicU64,
+    /// Backends' plain payloads delivered (also in `received`).
+    pub plain: AtomicU64,
+    /// Messages from Redis the workers refused (publish queue full).
+    pub refused: AtomicU64,
     pub reconnects: AtomicU64,
     pub connected: AtomicBool,
     pub channels: AtomicU64,
@@ -178,7 +185,7 @@ impl Bridge for RedisBridge {
     fn published(&self, topic: &str, msg: Message<'_>) {
         let cfg = &self.inner.cfg;
         let payload = msg.as_bytes();
-        let channel_len = cfg.prefix.len() + topic.len();
+        let channel_len = cfg.prefix.len() + envelope::NODE_CHANNEL_MARK.len() + topic.len();
         let len = resp::encoded_len(3, 7 + channel_len + envelope::HEADER_LEN + payload.len());
         // Both bounds are checked before anything is allocated.
         let before = self.inner.queued_bytes.fetch_add(len, Ordering::Relaxed);
@@ -189,7 +196,7 @@ impl Bridge for RedisBridge {
         let mut cmd = Vec::with_capacity(len);
         resp::command(&mut cmd, 3);
         resp::arg(&mut cmd, &[b"PUBLISH"]);
-        resp::arg(&mut cmd, &[cfg.prefix.as_bytes(), topic.as_bytes()]);
+        resp::arg(&mut cmd, &[cfg.prefix.as_bytes(), envelope::NODE_CHANNEL_MARK, topic.as_bytes()]);
         resp::arg(&mut cmd, &[&envelope::header(self.inner.node, msg), payload]);
         // The estimate reserved room; the queue accounts the exact size from here on.
         self.inner.queued_bytes.fetch_sub(len.saturating_sub(cmd.len()), Ordering::Relaxed);
@@ -228,8 +235,20 @@ impl Bridge for RedisBridge {
         family(
             "wsloop_redis_received_total",
             "counter",
-            "Messages from other nodes handed to this node's subscribers.",
+            "Messages from Redis (other nodes' and backends' plain payloads) handed to this node's subscribers.",
             &[("", get(&s.received))],
+        );
+        family(
+            "wsloop_redis_plain_received_total",
+            "counter",
+            "Backends' plain payloads (PUBLISH <prefix><room> <payload>) handed to this node's subscribers.",
+            &[("", get(&s.plain))],
+        );
+        family(
+            "wsloop_redis_refused_total",
+            "counter",
+            "Messages from Redis this node's workers refused (publish queue full).",
+            &[("", get(&s.refused))],
         );
         family(
             "wsloop_redis_lost_total",
@@ -244,7 +263,7 @@ impl Bridge for RedisBridge {
         family(
             "wsloop_redis_malformed_total",
             "counter",
-            "Messages on this node's channels that were not wsloop envelopes (dropped).",
+            "Messages dropped: node traffic that was not a wsloop envelope, or a payload over max_message.",
             &[("", get(&s.malformed))],
         );
         family(

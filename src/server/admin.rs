@@ -2,9 +2,10 @@
 //! on a small event loop of its own thread, so it answers while the workers drain and
 //! until the last of them exits. Off unless `Config::admin_listen` is set.
 
+use super::admin_http::Exchange;
 use super::gate::Refusal;
 use super::metrics::{TimeoutKind, WorkerMetrics, CLOSE_CODES, HANDSHAKE_STATUSES, LATENCY_BUCKETS_US, OPCODES};
-use super::shared::Shared;
+use super::shared::{Shared, Source};
 use crate::session::CloseCause;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -21,8 +22,8 @@ const WAKER: Token = Token(1);
 /// Connection tokens start here.
 const FIRST_CONN: usize = 2;
 
-/// Admin requests are tiny; anything longer is refused.
-const MAX_REQUEST: usize = 4096;
+/// Bytes read per call.
+const READ_CHUNK: usize = 16 * 1024;
 const MAX_ADMIN_CONNS: usize = 64;
 /// A request (slow or idle) that is not complete and answered by then is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,7 +33,11 @@ struct AdminConn {
     inbuf: Vec<u8>,
     out: Vec<u8>,
     written: usize,
+    /// Close once `out` is written.
+    close: bool,
+    /// When the current request (or the wait for the next one) began.
     since: Instant,
+    exchange: Exchange,
 }
 
 struct Admin {
@@ -114,7 +119,15 @@ impl Admin {
                     let token = Token(FIRST_CONN + entry.key());
                     if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
                         let since = Instant::now();
-                        entry.insert(AdminConn { stream, inbuf: Vec::new(), out: Vec::new(), written: 0, since });
+                        entry.insert(AdminConn {
+                            stream,
+                            inbuf: Vec::new(),
+                            out: Vec::new(),
+                            written: 0,
+                            close: false,
+                            since,
+                            exchange: Exchange::default(),
+                        });
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -127,63 +140,11 @@ impl Admin {
         }
     }
 
+    /// Reads, answers and writes until the socket would block: one request at a time,
+    /// kept alive between requests (HTTP/1.1), each within [`REQUEST_TIMEOUT`].
     fn drive(&mut self, key: usize, registry: &Registry, shared: &Shared) {
         let Some(c) = self.conns.get_mut(key) else { return };
-        let mut done = false;
-        if c.out.is_empty() {
-            let mut buf = [0u8; 1024];
-            loop {
-                match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        done = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        c.inbuf.extend_from_slice(&buf[..n]);
-                        if c.inbuf.len() > MAX_REQUEST {
-                            c.out = response(431, "text/plain", "request too large\n");
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        done = true;
-                        break;
-                    }
-                }
-            }
-            if c.out.is_empty() && !done {
-                let mut headers = [httparse::EMPTY_HEADER; 32];
-                let mut req = httparse::Request::new(&mut headers);
-                match req.parse(&c.inbuf) {
-                    Ok(httparse::Status::Complete(_)) => {
-                        c.out = route(req.method.unwrap_or(""), req.path.unwrap_or(""), shared);
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(_) => c.out = response(400, "text/plain", "bad request\n"),
-                }
-            }
-        }
-        if !c.out.is_empty() && !done {
-            loop {
-                match c.stream.write(&c.out[c.written..]) {
-                    Ok(n) => {
-                        c.written += n;
-                        if c.written == c.out.len() {
-                            done = true;
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        done = true;
-                        break;
-                    }
-                }
-            }
-        }
+        let done = c.drive(shared);
         if done {
             let mut c = self.conns.remove(key);
             let _ = registry.deregister(&mut c.stream);
@@ -191,31 +152,58 @@ impl Admin {
     }
 }
 
-fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
-    let path = path.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => response(200, "text/plain; version=0.0.4; charset=utf-8", &render(shared)),
-        ("GET", "/healthz") => {
-            if shared.draining.load(Ordering::Relaxed) {
-                response(503, "text/plain", "draining\n")
-            } else {
-                response(200, "text/plain", "ok\n")
+impl AdminConn {
+    /// True when the connection is finished.
+    fn drive(&mut self, shared: &Shared) -> bool {
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            if !self.out.is_empty() {
+                while self.written < self.out.len() {
+                    match self.stream.write(&self.out[self.written..]) {
+                        Ok(0) => return true,
+                        Ok(n) => self.written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return true,
+                    }
+                }
+                if self.close {
+                    return true;
+                }
+                self.out.clear();
+                self.written = 0;
+                self.since = Instant::now();
+            }
+            if let Some(a) = self.exchange.advance(&mut self.inbuf, shared) {
+                self.out = a.bytes;
+                self.close = a.close;
+                continue;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
             }
         }
-        ("GET", _) => response(404, "text/plain", "not found\n"),
-        _ => response(405, "text/plain", "method not allowed\n"),
     }
 }
 
-fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let mut s = String::with_capacity(body.len() + 160);
-    let _ = write!(
-        s,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        if status == 200 { "OK" } else { crate::proto::handshake::status_text(status) },
-        body.len()
-    );
-    s.into_bytes()
+/// The GET routes: status, content type, body.
+pub(super) fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, String) {
+    match (method, path) {
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", render(shared)),
+        ("GET", "/healthz") => {
+            if shared.draining.load(Ordering::Relaxed) {
+                (503, "text/plain", "draining\n".into())
+            } else {
+                (200, "text/plain", "ok\n".into())
+            }
+        }
+        ("GET", _) => (404, "text/plain", "not found\n".into()),
+        _ => (405, "text/plain", "method not allowed\n".into()),
+    }
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a metric family.
@@ -348,6 +336,24 @@ pub fn render(shared: &Shared) -> String {
     let _ = writeln!(o, "{n}_bucket{{le=\"+Inf\"}} {cumulative}");
     let _ = writeln!(o, "{n}_sum {:.9}", sum(&|m| m.handle_latency_sum_ns.get()) as f64 / 1e9);
     let _ = writeln!(o, "{n}_count {cumulative}");
+    let n = "wsloop_publishes_total";
+    family(o, n, "counter", "Messages published, by source (client, api, redis, library).");
+    for src in Source::ALL {
+        let v = match src {
+            Source::Client => sum(&|m| m.publishes.get()),
+            _ => shared.publish_stats.published[src as usize].load(Ordering::Relaxed),
+        };
+        let _ = writeln!(o, "{n}{{source=\"{}\"}} {v}", src.label());
+    }
+    let n = "wsloop_publishes_refused_total";
+    family(o, n, "counter", "Publishes refused because a worker's publish queue (publish_queue) was full, by source.");
+    for src in Source::ALL {
+        let v = match src {
+            Source::Client => sum(&|m| m.publishes_refused.get()),
+            _ => shared.publish_stats.refused[src as usize].load(Ordering::Relaxed),
+        };
+        let _ = writeln!(o, "{n}{{source=\"{}\"}} {v}", src.label());
+    }
     scalar(
         o,
         "wsloop_draining",

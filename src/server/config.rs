@@ -6,7 +6,6 @@ use crate::auth::OriginPolicy;
 use crate::proto::{DecoderConfig, HandshakeLimits, Role};
 use crate::session::SessionConfig;
 use std::net::SocketAddr;
-#[cfg(feature = "jwt")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +95,26 @@ pub struct Config {
     pub close_on_token_expiry: bool,
     /// Serve `GET /metrics` and `GET /healthz` on this address (default: off).
     pub admin_listen: Option<SocketAddr>,
+    /// Publishes waiting in one worker's inbox before [`Publisher::publish`] refuses more
+    /// with [`PublishError::QueueFull`] (default 8192; at least 1). Connection
+    /// hand-overs and shutdown share the inbox and are never refused.
+    ///
+    /// [`Publisher::publish`]: super::Publisher::publish
+    /// [`PublishError::QueueFull`]: super::PublishError::QueueFull
+    pub publish_queue: usize,
+    /// Enables `POST /publish/<room>` on the admin listener: requests must carry
+    /// `Authorization: Bearer <key>` with this key (default: off, the endpoint is 404).
+    pub publish_key: Option<PublishKey>,
+    /// Whether clients may publish to their rooms in [`Rooms`](super::Rooms) (default
+    /// true). When false, a client's data message closes it with 1008.
+    pub client_publish: bool,
+    /// With JWT auth, the claim that lists the rooms a token may join in
+    /// [`Rooms`](super::Rooms): an array of room names and `prefix*` patterns. A
+    /// request for any other room is refused with 403 (default: none, any room).
+    pub rooms_claim: Option<String>,
+    /// Answer a plain `GET /` (no upgrade) on the main listener with this HTML page
+    /// (default: none, 426). `wsloop rooms --demo` sets [`DEMO_PAGE`](super::DEMO_PAGE).
+    pub http_page: Option<&'static str>,
 }
 
 impl Default for Config {
@@ -129,6 +148,11 @@ impl Default for Config {
             #[cfg(feature = "jwt")]
             close_on_token_expiry: true,
             admin_listen: None,
+            publish_queue: 8192,
+            publish_key: None,
+            client_publish: true,
+            rooms_claim: None,
+            http_page: None,
         }
     }
 }
@@ -201,6 +225,9 @@ impl Config {
         if self.max_fragments == 0 {
             return err("max_fragments", "is 0; allowed: at least 1".into());
         }
+        if self.publish_queue == 0 {
+            return err("publish_queue", "is 0; allowed: at least 1".into());
+        }
         if self.max_msg_rate == Some(0) {
             return err("max_msg_rate", "is 0; allowed: at least 1, or None for no limit".into());
         }
@@ -224,6 +251,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The publish API's key. Its `Debug` form never shows it; [`PublishKey::matches`]
+/// compares in constant time.
+#[derive(Clone)]
+pub struct PublishKey(Arc<[u8]>);
+
+impl PublishKey {
+    /// A key from its bytes (surrounding whitespace, e.g. a file's final newline, is
+    /// trimmed); `None` when nothing is left.
+    pub fn new(key: &[u8]) -> Option<PublishKey> {
+        let k = key.trim_ascii();
+        (!k.is_empty()).then(|| PublishKey(k.into()))
+    }
+
+    /// Whether `candidate` is the key, in time that depends on the lengths only.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.ct_eq(candidate))
+    }
+}
+
+impl std::fmt::Debug for PublishKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PublishKey(***)")
     }
 }
 

@@ -9,7 +9,7 @@ use super::conn::Meta;
 use super::handler::{ConnId, Message, SendStatus};
 use super::metrics::WorkerMetrics;
 use super::pubsub::{frame_message, LocalTopics, Publisher};
-use super::shared::Shared;
+use super::shared::{Shared, Source};
 use super::timer::TimerWheel;
 use crate::buf::BufPool;
 use crate::proto::frame::OpCode;
@@ -219,9 +219,8 @@ impl Ctx {
             return;
         }
         list.push(topic.into());
-        if self.topics.subscribe(topic, key) {
-            self.shared.set_topic_bit(topic, self.id, true);
-        }
+        let first = self.topics.subscribe(topic, key);
+        self.shared.count_subscriber(topic, self.id, true, first);
     }
 
     pub fn unsubscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) {
@@ -235,30 +234,37 @@ impl Ctx {
         if list.is_empty() {
             meta.topics = None;
         }
-        if self.topics.unsubscribe(topic, key) {
-            self.shared.set_topic_bit(topic, self.id, false);
-        }
+        let last = self.topics.unsubscribe(topic, key);
+        self.shared.count_subscriber(topic, self.id, false, last);
     }
 
     /// Leaves every topic of a connection that is going away.
     pub fn leave_all(&mut self, meta: &mut Meta, key: u32) {
         if let Some(topics) = meta.topics.take() {
             for t in topics.iter() {
-                if self.topics.unsubscribe(t, key) {
-                    self.shared.set_topic_bit(t, self.id, false);
-                }
+                let last = self.topics.unsubscribe(t, key);
+                self.shared.count_subscriber(t, self.id, false, last);
             }
         }
     }
 
+    /// A client's publish: this worker's subscribers get it after the callback, the
+    /// other workers through their bounded queues (a full one refuses the whole
+    /// publish, counted), the bridge after them.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
-        self.shared.forward(topic, msg);
         let mask = self.shared.topic_mask(topic);
+        let others = mask & !(1u64 << self.id);
+        if !self.shared.reserve_publish(others) {
+            self.metrics.publishes_refused.inc();
+            return 0;
+        }
+        self.metrics.publishes.inc();
+        self.shared.forward(topic, msg);
         if mask == 0 {
             return 0;
         }
         let frame = frame_message(msg);
-        self.shared.send_to_workers(mask, Some(self.id), topic, &frame);
+        self.shared.send_to_workers(others, topic, &frame);
         if mask & (1 << self.id) != 0 {
             self.local_pubs.push((Arc::from(topic), frame));
         }
@@ -351,7 +357,9 @@ impl Connection<'_> {
     }
 
     /// Publishes to every subscriber of `topic` on every worker (this connection too,
-    /// if subscribed); returns the number of workers reached.
+    /// if subscribed); returns the number of workers reached, 0 when another worker's
+    /// publish queue (`Config::publish_queue`) was full and the publish was refused
+    /// (counted in `wsloop_publishes_refused_total{source="client"}`).
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
         self.ctx.publish(topic, msg)
     }
@@ -369,7 +377,17 @@ impl Connection<'_> {
 
     /// A publisher for use outside callbacks (other threads).
     pub fn publisher(&self) -> Publisher {
-        Publisher { shared: self.ctx.shared.clone() }
+        Publisher::new(self.ctx.shared.clone(), Source::Library)
+    }
+
+    /// Starts the close handshake for one of the server's own causes.
+    pub(crate) fn close_for(&mut self, cause: CloseCause) {
+        let ctx = &mut *self.ctx;
+        let (code, reason) = (cause.code(), cause.reason());
+        self.core.close(cause, code, reason, &mut ctx.wpool, ctx.now_tick);
+        if self.core.buffered() > 0 {
+            ctx.mark_dirty(self.meta, self.key);
+        }
     }
 
     /// Calls `Handler::on_timer(token)` for this connection after `after` (rounded up to

@@ -103,6 +103,13 @@ pub(super) fn handshake<H: Handler>(
     let req = match parse_request(data, &mut storage, &ctx.scfg.handshake_limits) {
         Ok(ParseStatus::Partial) => return 0,
         Ok(ParseStatus::Complete(req, head_len)) => (req, head_len),
+        Err(HandshakeError::PlainHttp) if ctx.cfg.http_page.is_some() && is_root(data) => {
+            let page = ctx.cfg.http_page.unwrap_or("");
+            log::debug!("GET / from {}: the page", conn.meta.ip());
+            conn.session.refuse(&page_response(page), &mut ctx.wpool, ctx.now_tick);
+            ctx.mark_dirty(&mut conn.meta, key);
+            return data.len();
+        }
         Err(e) => {
             refuse(conn, ctx, key, Refusal::BadHandshake(e), false);
             return data.len();
@@ -143,6 +150,24 @@ pub(super) fn handshake<H: Handler>(
     ctx.metrics.open.add(1);
     ctx.mark_dirty(&mut conn.meta, key);
     head_len
+}
+
+/// Whether the request in `data` (a complete head) is for `/`, query aside.
+fn is_root(data: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    // Only the request line is needed: too many headers still yields the path.
+    let _ = req.parse(data);
+    req.path.is_some_and(|p| p.split('?').next() == Some("/"))
+}
+
+/// `Config::http_page` as a complete response (the connection ends after it).
+fn page_response(page: &str) -> Vec<u8> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        page.len()
+    );
+    [head.as_bytes(), page.as_bytes()].concat()
 }
 
 /// Answers with `refusal`'s HTTP error; the connection ends once it is written.

@@ -125,6 +125,10 @@ pub struct WorkerMetrics {
     pub handle_latency_sum_ns: Counter,
     /// Rate limit closes.
     pub rate_limited: Counter,
+    /// Client publishes made on this worker (`Connection::publish`).
+    pub publishes: Counter,
+    /// Client publishes refused: another worker's publish queue was full.
+    pub publishes_refused: Counter,
 }
 
 impl WorkerMetrics {

@@ -27,6 +27,7 @@
 
 mod accept;
 mod admin;
+mod admin_http;
 mod apps;
 mod batching;
 mod bridge;
@@ -39,19 +40,31 @@ mod expiry;
 mod gate;
 mod handler;
 pub mod metrics;
+
+/// Fuzzing entry points (see `fuzz/`); not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::admin_http::fuzz_chunked as admin_chunked;
+}
 mod pubsub;
 mod shared;
 mod sock;
 pub(crate) mod timer;
 mod worker;
 
-pub use apps::{room_of, Echo, Rooms};
+pub use apps::{room_allowed, room_of, rooms_of, Echo, Rooms, MAX_ROOMS_PER_CONNECTION, ROOMS_PROTOCOL};
 pub use bridge::Bridge;
-pub use config::{AcceptMode, BackpressurePolicy, Config, ConfigError, MAX_WORKERS};
+pub use config::{AcceptMode, BackpressurePolicy, Config, ConfigError, PublishKey, MAX_WORKERS};
 pub use connection::{Claims, Connection};
 pub use gate::Refusal;
 pub use handler::{Accept, ConnId, Handler, Message, Reject, SendStatus};
-pub use pubsub::{Publisher, WeakPublisher};
+pub use pubsub::{PublishError, Published, Publisher, WeakPublisher};
+
+/// The page `wsloop rooms --demo` answers a plain `GET /` with (see
+/// `Config::http_page`): it joins a room, shows what arrives and sends what the user
+/// types; a token (field, or `?token=` in the page's URL) goes in the `bearer.<token>`
+/// subprotocol. Self-contained: no external assets.
+pub const DEMO_PAGE: &str = include_str!("demo.html");
 
 use metrics::WorkerMetrics;
 use shared::{Cmd, Shared, WorkerLink};
@@ -122,7 +135,12 @@ impl Server {
             let poll = mio::Poll::new()?;
             let waker = mio::Waker::new(poll.registry(), worker::WAKER)?;
             let (tx, rx) = channel();
-            links.push(WorkerLink { tx, waker, metrics: Arc::new(WorkerMetrics::default()) });
+            links.push(WorkerLink {
+                tx,
+                waker,
+                metrics: Arc::new(WorkerMetrics::default()),
+                pending_publishes: AtomicUsize::new(0),
+            });
             parts.push((poll, l.map(mio::net::TcpListener::from_std), rx));
         }
         let shared = Arc::new(Shared {
@@ -135,6 +153,7 @@ impl Server {
             draining: AtomicBool::new(false),
             extra_metrics: Mutex::new(Vec::new()),
             bridge: OnceLock::new(),
+            publish_stats: Default::default(),
         });
         let admin = match shared.cfg.admin_listen {
             Some(a) => {
@@ -261,7 +280,7 @@ impl Handle {
 
     /// A publisher for topics.
     pub fn publisher(&self) -> Publisher {
-        Publisher { shared: self.shared.clone() }
+        Publisher::new(self.shared.clone(), shared::Source::Library)
     }
 
     /// Upgraded connections open right now, over all workers.

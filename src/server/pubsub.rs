@@ -3,7 +3,7 @@
 //! worker one shared copy.
 
 use super::handler::Message;
-use super::shared::{Cmd, Shared};
+use super::shared::{Cmd, Shared, Source};
 use crate::proto::frame::{encode_frame, header_len, OpCode};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -75,9 +75,14 @@ pub(crate) fn frame_message(msg: Message<'_>) -> Arc<[u8]> {
 
 /// Publishes to topics from any thread (an appliance thread pushing readings, a Redis
 /// bridge). Cheap to clone.
+///
+/// Each worker takes at most `Config::publish_queue` publishes waiting in its inbox: a
+/// publish that does not fit is refused with [`PublishError::QueueFull`] (and counted
+/// in `wsloop_publishes_refused_total`), never queued without limit.
 #[derive(Clone)]
 pub struct Publisher {
     pub(crate) shared: Arc<Shared>,
+    source: Source,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -91,6 +96,7 @@ impl std::fmt::Debug for Publisher {
 #[derive(Clone)]
 pub struct WeakPublisher {
     shared: Weak<Shared>,
+    source: Source,
 }
 
 impl std::fmt::Debug for WeakPublisher {
@@ -102,44 +108,123 @@ impl std::fmt::Debug for WeakPublisher {
 impl WeakPublisher {
     /// The publisher, while the server still exists.
     pub fn upgrade(&self) -> Option<Publisher> {
-        self.shared.upgrade().map(|shared| Publisher { shared })
+        self.shared.upgrade().map(|shared| Publisher { shared, source: self.source })
     }
 }
 
+/// Where a publish was handed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Local workers with subscribers of the topic.
+    pub workers: usize,
+    /// Local connections subscribed to the topic when it was published.
+    pub connections: usize,
+}
+
+/// A publish that was not handed to the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// A worker with subscribers of the topic already has `Config::publish_queue`
+    /// publishes waiting: nothing was delivered, locally or to the bridge. Retry
+    /// later, or drop.
+    QueueFull,
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::QueueFull => f.write_str("a worker's publish queue is full"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
 impl Publisher {
+    pub(crate) fn new(shared: Arc<Shared>, source: Source) -> Publisher {
+        Publisher { shared, source }
+    }
+
     /// A handle that does not keep the server alive.
     pub fn downgrade(&self) -> WeakPublisher {
-        WeakPublisher { shared: Arc::downgrade(&self.shared) }
+        WeakPublisher { shared: Arc::downgrade(&self.shared), source: self.source }
     }
 
     /// Sends `msg` to every subscriber of `topic` on every worker, and to the other nodes
-    /// through the bridge if one is installed; returns the number of local workers it was
-    /// handed to. Messages from one publisher on one topic arrive in order.
-    pub fn publish(&self, topic: &str, msg: Message<'_>) -> usize {
-        self.shared.forward(topic, msg);
-        self.publish_local(topic, msg)
+    /// through the bridge if one is installed. Messages from one publisher on one topic
+    /// arrive in order. `Err` when a worker's publish queue is full: then the message
+    /// went nowhere.
+    pub fn publish(&self, topic: &str, msg: Message<'_>) -> Result<Published, PublishError> {
+        self.publish_as(self.source, topic, msg, true)
     }
 
     /// Sends `msg` to this node's subscribers of `topic` only, never to the bridge: the
-    /// path for messages a [`Bridge`](super::Bridge) brings in from other nodes.
-    pub fn publish_local(&self, topic: &str, msg: Message<'_>) -> usize {
-        let mask = self.shared.topic_mask(topic);
-        if mask == 0 {
-            return 0;
-        }
-        let frame = frame_message(msg);
-        self.shared.send_to_workers(mask, None, topic, &frame);
-        mask.count_ones() as usize
+    /// path for messages a [`Bridge`](super::Bridge) brings in from other nodes
+    /// (counted as source `redis`).
+    pub fn publish_local(&self, topic: &str, msg: Message<'_>) -> Result<Published, PublishError> {
+        self.publish_as(Source::Redis, topic, msg, false)
+    }
+
+    pub(crate) fn publish_as(
+        &self,
+        source: Source,
+        topic: &str,
+        msg: Message<'_>,
+        forward: bool,
+    ) -> Result<Published, PublishError> {
+        self.shared.publish_from(source, topic, msg, forward)
     }
 }
 
 impl Shared {
-    /// Hands `frame` to the workers in `mask` except `skip` (the caller's own worker,
-    /// which delivers locally).
-    pub(crate) fn send_to_workers(&self, mask: u64, skip: Option<usize>, topic: &str, frame: &Arc<[u8]>) {
+    /// A publish made off the workers: reserved on every interested worker or refused,
+    /// then handed to the bridge (`forward`) and the workers.
+    pub(crate) fn publish_from(
+        &self,
+        source: Source,
+        topic: &str,
+        msg: Message<'_>,
+        forward: bool,
+    ) -> Result<Published, PublishError> {
+        let entry = self.topic(topic);
+        if !self.reserve_publish(entry.mask) {
+            self.publish_stats.count(source, false);
+            return Err(PublishError::QueueFull);
+        }
+        self.publish_stats.count(source, true);
+        if forward {
+            self.forward(topic, msg);
+        }
+        if entry.mask != 0 {
+            let frame = frame_message(msg);
+            self.send_to_workers(entry.mask, topic, &frame);
+        }
+        Ok(Published { workers: entry.mask.count_ones() as usize, connections: entry.subscribers })
+    }
+
+    /// Reserves a publish slot on every worker in `mask`: all or none.
+    pub(crate) fn reserve_publish(&self, mask: u64) -> bool {
+        let cap = self.cfg.publish_queue;
+        for (i, w) in self.workers.iter().enumerate() {
+            if mask & (1 << i) != 0 && !w.reserve_publish(cap) {
+                for w in self.workers.iter().take(i).enumerate().filter(|(j, _)| mask & (1 << j) != 0) {
+                    w.1.release_publish();
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands `frame` to the workers in `mask`, each holding a reservation from
+    /// [`Shared::reserve_publish`].
+    pub(crate) fn send_to_workers(&self, mask: u64, topic: &str, frame: &Arc<[u8]>) {
+        if mask == 0 {
+            return;
+        }
         let topic: Arc<str> = Arc::from(topic);
         for (i, w) in self.workers.iter().enumerate() {
-            if mask & (1 << i) != 0 && Some(i) != skip {
+            if mask & (1 << i) != 0 {
                 w.send(Cmd::Publish { topic: topic.clone(), frame: frame.clone() });
             }
         }

@@ -23,7 +23,7 @@ fn defaults() -> Config {
 pub enum Mode {
     /// echoes every message with its opcode, on any path
     Echo,
-    /// a client on path /<room> joins that room; every message goes to the whole room
+    /// a client on path /<room> (and each ?room=R) joins that room; every message goes to its rooms
     Rooms,
 }
 
@@ -70,6 +70,14 @@ pub enum RedisMode {
     Topic,
     /// one PSUBSCRIBE: every node receives every room's messages
     Pattern,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientPublish {
+    /// a client's data message goes to every room it joined
+    Allow,
+    /// push-only rooms: a client's data message closes it with 1008
+    Deny,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -165,6 +173,18 @@ pub struct Cli {
     /// the Redis channel of room R is PREFIX + R, with --redis
     #[arg(long, value_name = "PREFIX", default_value = "wsloop:")]
     pub redis_prefix: String,
+    /// enable POST /publish/<room> on --admin-listen, with Authorization: Bearer <the key in PATH> (default: off)
+    #[arg(long, value_name = "PATH")]
+    pub publish_key_file: Option<String>,
+    /// rooms only: with JWT, the claim listing the rooms a token may join (names, or prefixes ending in *); else 403 (default: off)
+    #[arg(long, value_name = "NAME")]
+    pub jwt_rooms_claim: Option<String>,
+    /// rooms only: may clients publish to their rooms? deny: a client's data message closes it with 1008
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = ClientPublish::Allow)]
+    pub client_publish: ClientPublish,
+    /// rooms only: answer a plain GET / with a small page that joins a room; without it, 426 (default: off)
+    #[arg(long)]
+    pub demo: bool,
     /// log line format; json is for log shippers
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -262,9 +282,45 @@ impl Args {
             format!("--{} {problem}", e.field.replace('_', "-"))
         })?;
         cfg.jwt = jwt_verifier(&c)?.map(std::sync::Arc::new);
+        push_flags(&c, m, &mut cfg)?;
         let redis = redis_config(&c, m, cfg.max_message)?;
         Ok(Args { mode: c.mode, listen: c.listen, cfg, redis, log_format: c.log_format })
     }
+}
+
+/// The live-push flags: the publish API's key, per-room authorization, push-only rooms,
+/// the demo page.
+fn push_flags(c: &Cli, m: &ArgMatches, cfg: &mut Config) -> Result<(), String> {
+    if c.mode != Mode::Rooms {
+        for (id, flag) in
+            [("jwt_rooms_claim", "--jwt-rooms-claim"), ("client_publish", "--client-publish"), ("demo", "--demo")]
+        {
+            if given(m, id) {
+                return Err(format!("{flag} works with `rooms` only"));
+            }
+        }
+    }
+    if let Some(path) = &c.publish_key_file {
+        if cfg.admin_listen.is_none() {
+            return Err("--publish-key-file needs --admin-listen: the publish API is served there".into());
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("--publish-key-file {path}: cannot read the file: {}", io_reason(&e)))?;
+        let key = wsloop::server::PublishKey::new(&bytes)
+            .ok_or_else(|| format!("--publish-key-file {path}: the file is empty"))?;
+        cfg.publish_key = Some(key);
+    }
+    if let Some(claim) = &c.jwt_rooms_claim {
+        if cfg.jwt.is_none() {
+            return Err("--jwt-rooms-claim needs --jwt-secret-file or --jwt-public-key".into());
+        }
+        cfg.rooms_claim = Some(claim.clone());
+    }
+    cfg.client_publish = c.client_publish == ClientPublish::Allow;
+    if c.demo {
+        cfg.http_page = Some(wsloop::server::DEMO_PAGE);
+    }
+    Ok(())
 }
 
 /// The JWT flags together: which key, which algorithm, the claims.
@@ -440,6 +496,22 @@ mod tests {
         }
         #[cfg(not(feature = "redis"))]
         assert!(r.err().unwrap().contains("built without redis"));
+    }
+
+    #[test]
+    fn push_flags() {
+        let e = |s: &str| args(s).err().unwrap();
+        assert!(e("echo --demo").contains("rooms"));
+        assert!(e("echo --client-publish deny").contains("rooms"));
+        assert!(e("rooms --jwt-rooms-claim rooms").contains("needs --jwt-secret-file"));
+        assert!(e("rooms --publish-key-file /nonexistent").contains("needs --admin-listen"));
+        let missing = e("rooms --admin-listen 127.0.0.1:0 --publish-key-file /nonexistent/k");
+        assert!(missing.contains("cannot read the file"), "{missing}");
+        assert!(args("rooms").unwrap().cfg.client_publish);
+        assert!(!args("rooms --client-publish deny").unwrap().cfg.client_publish);
+        assert!(args("rooms --client-publish maybe").is_err());
+        assert!(args("rooms --demo").unwrap().cfg.http_page.is_some());
+        assert!(args("rooms").unwrap().cfg.http_page.is_none());
     }
 
     #[test]
