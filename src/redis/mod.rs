@@ -35,12 +35,16 @@
 
 mod config;
 mod driver;
+#[cfg(feature = "jwt")]
+mod jti;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
 mod resp;
 
 pub use config::{RedisConfig, SubscribeMode};
+#[cfg(feature = "jwt")]
+pub use jti::RedisReplayStore;
 
 use crate::server::{Bridge, Message, Publisher};
 use std::collections::HashSet;
