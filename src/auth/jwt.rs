@@ -1098,4 +1098,141 @@ mod tests {
         assert_eq!(es().alg(), Alg::Es256);
         assert_eq!(rs().alg(), Alg::Rs256);
     }
+
+    const JWKS: &str = include_str!("../../tests/keys/jwks.json");
+
+    fn rs256_kid(kid: &str, claims: &str) -> String {
+        let key = rsa::pkcs1v15::SigningKey::<Sha256>::from_pkcs8_pem(RS_PRIVATE).unwrap();
+        token(&format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#), claims, |i| key.sign(i.as_bytes()).to_vec())
+    }
+
+    fn es256_header(header: &str, claims: &str) -> String {
+        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(ES_PRIVATE).unwrap();
+        token(header, claims, |i| {
+            let sig: p256::ecdsa::Signature = key.sign(i.as_bytes());
+            sig.to_bytes().to_vec()
+        })
+    }
+
+    #[test]
+    fn jwks_keys_of_each_type_verify_and_kid_picks_the_key() {
+        let v = JwtVerifier::from_keys(KeySet::from_jwks(JWKS).unwrap());
+        let kids: Vec<_> = v.keys().keys().iter().map(|k| (k.kid().unwrap().to_owned(), k.alg())).collect();
+        assert_eq!(kids, [("rsa-1".into(), Alg::Rs256), ("ec-1".into(), Alg::Es256), ("hs-1".into(), Alg::Hs256)]);
+        assert!(v.verify(&rs256_kid("rsa-1", CLAIMS), NOW).is_ok());
+        assert!(v.verify(&es256_header(r#"{"alg":"ES256","kid":"ec-1"}"#, CLAIMS), NOW).is_ok());
+        let hs_kid = token(r#"{"alg":"HS256","kid":"hs-1"}"#, CLAIMS, |i| hmac(SECRET, i));
+        assert!(v.verify(&hs_kid, NOW).is_ok());
+        // Without kid: tried against the keys of the token's algorithm.
+        for t in [rs256(CLAIMS), es256(CLAIMS), hs256(CLAIMS)] {
+            assert!(v.verify(&t, NOW).is_ok(), "{t}");
+        }
+        // A kid no key has, even if the signature would verify with some key.
+        assert_eq!(v.verify(&rs256_kid("rsa-2", CLAIMS), NOW), Err(AuthError::UnknownKey));
+        assert_eq!(AuthError::UnknownKey.status(), 401);
+        // The kid's key is of another algorithm than the token's.
+        let confused = token(r#"{"alg":"HS256","kid":"rsa-1"}"#, CLAIMS, |i| hmac(RS_PUBLIC.as_bytes(), i));
+        assert_eq!(v.verify(&confused, NOW), Err(AuthError::AlgorithmMismatch));
+        assert_eq!(v.verify(&es256_header(r#"{"alg":"ES256","kid":"rsa-1"}"#, CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+        // The right kid, a wrong signature.
+        let forged = token(r#"{"alg":"HS256","kid":"hs-1"}"#, CLAIMS, |i| hmac(b"another secret, also 32 bytes long", i));
+        assert_eq!(v.verify(&forged, NOW), Err(AuthError::BadSignature));
+        // kid not a string; alg none with a kid.
+        let odd = token(r#"{"alg":"HS256","kid":7}"#, CLAIMS, |i| hmac(SECRET, i));
+        assert_eq!(v.verify(&odd, NOW), Err(AuthError::Malformed));
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","kid":"hs-1"}"#), b64(CLAIMS));
+        assert_eq!(v.verify(&none, NOW), Err(AuthError::AlgNone));
+        // No key of the token's algorithm at all.
+        assert_eq!(hs().verify(&es256(CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+    }
+
+    #[test]
+    fn a_jwks_with_any_bad_key_is_refused_whole() {
+        let good = r#"{"kty":"oct","kid":"a","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#;
+        let set = |bad: &str| KeySet::from_jwks(&format!(r#"{{"keys":[{good},{bad}]}}"#)).map(|_| ()).unwrap_err();
+        let cases = [
+            (r#"{"kty":"oct","k":"c2hvcnQ"}"#, "JWKS key 1: the HS256 secret has 5 bytes"),
+            (r#"{"kty":"OKP","crv":"Ed25519","x":"AA"}"#, "kty \"OKP\" is not supported"),
+            (r#"{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}"#, "only EC keys on crv P-256"),
+            (r#"{"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA"}"#, "32 bytes each"),
+            (r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#, "JWKS key 1"),
+            (r#"{"kty":"oct","alg":"RS256","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#, "does not match kty"),
+            (r#"{"kty":"oct","k":"not base64!"}"#, "not base64url"),
+            (r#"{"kty":"oct","kid":"a","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#, "two keys have kid"),
+            (r#""just a string""#, "not a JSON object"),
+        ];
+        for (bad, want) in cases {
+            let e = set(bad).to_string();
+            assert!(e.contains(want), "{bad}: {e:?} lacks {want:?}");
+        }
+        for doc in ["", "{", r#"{"keys":{}}"#, r#"{"other":[]}"#] {
+            assert!(matches!(KeySet::from_jwks(doc), Err(KeyError::Jwks { key: None, .. })), "{doc}");
+        }
+        assert_eq!(KeySet::from_jwks(r#"{"keys":[]}"#).unwrap_err(), KeyError::NoKeys);
+        // Encryption keys are left out, not an error; the RSA 1024-bit modulus is too weak.
+        let enc = r#"{"keys":[{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}, {"kty":"oct","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}]}"#;
+        assert_eq!(KeySet::from_jwks(enc).unwrap().keys().len(), 1);
+    }
+
+    #[test]
+    fn replaced_keys_reach_every_clone() {
+        let v = hs();
+        let clone = v.clone();
+        let new_secret = b"the rotated secret, 32 bytes or more";
+        let new = token(r#"{"alg":"HS256","kid":"2"}"#, CLAIMS, |i| hmac(new_secret, i));
+        assert_eq!(clone.verify(&new, NOW), Err(AuthError::UnknownKey));
+        v.replace_keys(KeySet::new(vec![VerifyKey::secret(new_secret).unwrap().with_kid("2")]).unwrap());
+        assert!(clone.verify(&new, NOW).is_ok());
+        // The old key is gone.
+        assert_eq!(clone.verify(&hs256(CLAIMS), NOW), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn max_age_refuses_old_or_missing_iat() {
+        let v = hs().max_age(Duration::from_secs(60)).leeway(Duration::ZERO);
+        assert!(v.verify(&hs256(CLAIMS), NOW + 60).is_ok());
+        assert_eq!(v.verify(&hs256(CLAIMS), NOW + 61), Err(AuthError::TooOld));
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600}"#), NOW), Err(AuthError::TooOld));
+        // Without max_age, iat is not required.
+        assert!(hs().verify(&hs256(r#"{"exp":1700000600}"#), NOW).is_ok());
+    }
+
+    #[test]
+    fn jti_is_used_up_only_by_a_token_that_passes_every_check() {
+        let v = hs().require_jti(true);
+        let claims = r#"{"exp":1700000600,"jti":"id-1"}"#;
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600}"#), NOW), Err(AuthError::MissingJti));
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600,"jti":""}"#), NOW), Err(AuthError::MissingJti));
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600,"jti":5}"#), NOW), Err(AuthError::Malformed));
+        // A forged token and an otherwise invalid one with the same jti do not burn it.
+        let forged = token(r#"{"alg":"HS256"}"#, claims, |i| hmac(b"another secret, also 32 bytes long", i));
+        assert_eq!(v.verify(&forged, NOW), Err(AuthError::BadSignature));
+        let wrong_aud = hs256(r#"{"exp":1700000600,"jti":"id-1","aud":"elsewhere"}"#);
+        assert_eq!(v.verify(&wrong_aud, NOW), Err(AuthError::WrongAudience));
+        assert!(v.verify(&hs256(claims), NOW).is_ok());
+        assert_eq!(v.verify(&hs256(claims), NOW + 1), Err(AuthError::Replayed));
+        // Clones share the seen-set.
+        assert_eq!(v.clone().verify(&hs256(claims), NOW + 2), Err(AuthError::Replayed));
+        // Another id is fine.
+        assert!(v.verify(&hs256(r#"{"exp":1700000600,"jti":"id-2"}"#), NOW).is_ok());
+        // No exp and no max age: the id could never be forgotten, so refused.
+        let v = hs().require_exp(false).require_jti(true);
+        assert_eq!(v.verify(&hs256(r#"{"jti":"x"}"#), NOW), Err(AuthError::MissingExpiry));
+    }
+
+    #[test]
+    fn a_full_seen_set_refuses_new_tokens_with_503() {
+        let v = hs().jti_capacity(2);
+        for id in ["a", "b"] {
+            assert!(v.verify(&hs256(&format!(r#"{{"exp":1700000600,"jti":"{id}"}}"#)), NOW).is_ok());
+        }
+        let third = hs256(r#"{"exp":1700000600,"jti":"c"}"#);
+        assert_eq!(v.verify(&third, NOW), Err(AuthError::ReplayCacheFull));
+        assert_eq!(AuthError::ReplayCacheFull.status(), 503);
+        // Still refused as replays: nothing was forgotten to make room.
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600,"jti":"a"}"#), NOW), Err(AuthError::Replayed));
+        // Once their tokens have expired (exp + leeway), there is room again.
+        let later = hs256(r#"{"exp":1700001600,"jti":"c"}"#);
+        assert!(v.verify(&later, 1_700_000_630).is_ok());
+    }
 }
