@@ -1,7 +1,15 @@
-//! Key rotation without a restart, against the `wsloop` binary: SIGHUP re-reads the key
-//! files and the JWKS; a new `kid` is refused before and accepted after; a removed key's
-//! tokens are refused after the next SIGHUP; a file that no longer parses (or holds one
-//! bad key) is rejected whole and the old keys stay; open connections stay open.
+//! JWT against the `wsloop` binary.
+//!
+//! Key rotation without a restart: SIGHUP re-reads the key files and the JWKS; a new
+//! `kid` is refused before and accepted after; a removed key's tokens are refused after
+//! the next SIGHUP; a file that no longer parses (or holds one bad key) is rejected whole
+//! and the old keys stay; open connections stay open.
+//!
+//! Replay across nodes: two `wsloop echo --jwt-require-jti --redis` nodes share the
+//! `jti` check through a redis-server this test starts; a token used on one is refused
+//! on the other; with Redis gone, tokens are refused with 503, counted and logged.
+//! redis-server comes from Debian (scripts/test.sh installs it). Without it the Redis
+//! test is skipped, except under CI=true, where it fails.
 #![cfg(all(feature = "jwt", feature = "cli"))]
 
 mod ops;
@@ -72,12 +80,16 @@ struct Node {
 
 impl Node {
     fn start(args: &[&str]) -> Node {
+        Self::start_mode("echo", args)
+    }
+
+    fn start_mode(mode: &str, args: &[&str]) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsloop"));
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WSLOOP_")) {
             cmd.env_remove(k);
         }
         let mut child = cmd
-            .args(["echo", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .args([mode, "--listen", "127.0.0.1:0", "--workers", "1"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -199,4 +211,114 @@ fn sighup_with_a_broken_jwks_or_secret_file_keeps_the_old_keys() {
     let line = node.sighup("JWT keys not reloaded");
     assert!(line.contains(&format!("--jwt-secret-file {}", secret.display())), "{line}");
     assert_eq!(node.status_for(&file), 101, "the old secret stays in use");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// redis-server's path, or `None` (a failure under CI=true).
+fn redis_server() -> Option<PathBuf> {
+    let dirs = std::env::var("PATH").unwrap_or_default();
+    let found =
+        dirs.split(':').chain(["/usr/bin", "/usr/sbin"]).map(|d| PathBuf::from(d).join("redis-server")).find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "redis-server is not installed (scripts/test.sh installs it): CI must not skip this test"
+        );
+        eprintln!("jwt_nodes: redis-server not installed, skipping (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// A redis-server on `port`, killed (by its own pid) on drop.
+struct Redis(Child);
+
+impl Redis {
+    fn start(bin: &PathBuf, port: u16) -> Redis {
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let up = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "redis-server did not start on port {port}");
+        Redis(child)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn jti_token(jti: &str) -> String {
+    let claims = format!(r#"{{"sub":"u","jti":"{jti}","exp":{}}}"#, now() + 3600);
+    let input = format!("{}.{}", b64(r#"{"alg":"HS256"}"#), b64(claims));
+    let mut mac = Hmac::<Sha256>::new_from_slice(OLD).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64(mac.finalize().into_bytes()))
+}
+
+/// `GET /metrics` from the admin listener.
+fn metrics(addr: SocketAddr) -> String {
+    ops::http_until_eof(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+}
+
+#[test]
+fn a_token_used_on_one_node_is_refused_on_the_other_and_redis_down_is_503() {
+    let Some(bin) = redis_server() else {
+        return;
+    };
+    let dir = Dir::new("redis");
+    let secret = dir.0.join("hs.key");
+    std::fs::write(&secret, OLD).unwrap();
+    let port = free_port();
+    let redis = Redis::start(&bin, port);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let prefix = format!("t{}:", std::process::id());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let common = ["--jwt-secret-file", secret.to_str().unwrap(), "--jwt-require-jti", "--redis", &url, "--redis-prefix", &prefix];
+    let a = Node::start(&[&common[..], &["--admin-listen", &admin]].concat());
+    // The other node runs `rooms`: both modes share the check.
+    let b = Node::start_mode("rooms", &common);
+    let (t1, t2) = (jti_token("one"), jti_token("two"));
+    assert_eq!(a.status_for(&t1), 101);
+    assert_eq!(b.status_for(&t1), 401, "replayed on the other node");
+    assert_eq!(a.status_for(&t1), 401, "replayed on the same node");
+    assert_eq!(b.status_for(&t2), 101);
+    assert_eq!(a.status_for(&t2), 401);
+    // The key in Redis, with the token's expiry.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let key = format!("{prefix}jti:one");
+    let cmd = format!("*2\r\n$4\r\nPTTL\r\n${}\r\n{key}\r\n", key.len());
+    std::io::Write::write_all(&mut c, cmd.as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut c, &mut buf).unwrap();
+    let ttl: i64 = std::str::from_utf8(&buf[1..n]).unwrap().trim().parse().unwrap();
+    assert!(ttl > 3_500_000 && ttl <= 3_631_000, "PTTL {ttl}");
+
+    // Redis goes away: fail closed.
+    drop(c);
+    drop(redis);
+    let admin_addr: SocketAddr = admin.parse().unwrap();
+    let req = upgrade_request(&a.addr.to_string(), "/", &[&format!("Authorization: Bearer {}", jti_token("three"))]);
+    let resp = ops::http_until_eof(a.addr, &req);
+    assert_eq!(status(&resp), 503, "{resp}");
+    assert_eq!(ops::header(&resp, "Retry-After"), Some("1"), "{resp}");
+    a.line_with("jti replay check: Redis at 127.0.0.1");
+    let m = metrics(admin_addr);
+    assert!(m.contains("wsloop_connections_rejected_total{reason=\"replay_check\"} 1"), "{m}");
+    // A token without jti is still refused as such (401), not let in.
+    let plain = token(None, OLD);
+    assert_eq!(a.status_for(&plain), 401);
 }
