@@ -383,7 +383,11 @@ fn bearer(token: &str) -> String {
 
 /// Claims with a `jti`.
 fn claims_jti(sub: &str, jti: &str) -> String {
-    format!(r#"{{"sub":"{sub}","iss":"{ISSUER}","aud":"{AUDIENCE}","iat":{},"exp":{},"jti":"{jti}"}}"#, now(), now() + 3600)
+    format!(
+        r#"{{"sub":"{sub}","iss":"{ISSUER}","aud":"{AUDIENCE}","iat":{},"exp":{},"jti":"{jti}"}}"#,
+        now(),
+        now() + 3600
+    )
 }
 
 fn upgrades(s: &AuthServer, token: &str) -> bool {
@@ -444,7 +448,8 @@ fn replayed_jti_is_401_and_forged_tokens_do_not_burn_it() {
 fn full_seen_set_refuses_new_tokens_with_503_and_counts_them() {
     let s = AuthServer::start(hs256_verifier().jti_capacity(1), |_| {});
     assert!(upgrades(&s, &hs256(&claims_jti("a", "one"))));
-    let resp = http_until_eof(s.server.addr, &upgrade_request(&s.host(), "/", &[&bearer(&hs256(&claims_jti("b", "two")))]));
+    let resp =
+        http_until_eof(s.server.addr, &upgrade_request(&s.host(), "/", &[&bearer(&hs256(&claims_jti("b", "two")))]));
     assert_eq!(status(&resp), 503, "{resp}");
     assert_eq!(ops::header(&resp, "Retry-After"), Some("1"), "{resp}");
     assert!(resp.contains("token replay cache full"), "{resp}");

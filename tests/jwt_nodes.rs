@@ -50,8 +50,10 @@ fn token(kid: Option<&str>, secret: &[u8]) -> String {
 }
 
 fn jwks(keys: &[(&str, &[u8])]) -> String {
-    let keys: Vec<String> =
-        keys.iter().map(|(kid, k)| format!(r#"{{"kty":"oct","kid":"{kid}","alg":"HS256","k":"{}"}}"#, b64(k))).collect();
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|(kid, k)| format!(r#"{{"kty":"oct","kid":"{kid}","alg":"HS256","k":"{}"}}"#, b64(k)))
+        .collect();
     format!(r#"{{"keys":[{}]}}"#, keys.join(","))
 }
 
@@ -220,8 +222,11 @@ fn free_port() -> u16 {
 /// redis-server's path, or `None` (a failure under CI=true).
 fn redis_server() -> Option<PathBuf> {
     let dirs = std::env::var("PATH").unwrap_or_default();
-    let found =
-        dirs.split(':').chain(["/usr/bin", "/usr/sbin"]).map(|d| PathBuf::from(d).join("redis-server")).find(|p| p.is_file());
+    let found = dirs
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin"])
+        .map(|d| PathBuf::from(d).join("redis-server"))
+        .find(|p| p.is_file());
     if found.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -286,7 +291,15 @@ fn a_token_used_on_one_node_is_refused_on_the_other_and_redis_down_is_503() {
     let url = format!("redis://127.0.0.1:{port}/");
     let prefix = format!("t{}:", std::process::id());
     let admin = format!("127.0.0.1:{}", free_port());
-    let common = ["--jwt-secret-file", secret.to_str().unwrap(), "--jwt-require-jti", "--redis", &url, "--redis-prefix", &prefix];
+    let common = [
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+        "--jwt-require-jti",
+        "--redis",
+        &url,
+        "--redis-prefix",
+        &prefix,
+    ];
     let a = Node::start(&[&common[..], &["--admin-listen", &admin]].concat());
     // The other node runs `rooms`: both modes share the check.
     let b = Node::start_mode("rooms", &common);

@@ -200,11 +200,13 @@ impl Key {
                 // Constant-time comparison; a wrong length fails too.
                 mac.verify_slice(signature).is_ok()
             }
-            Key::Rs256(key) => rsa::pkcs1v15::Signature::try_from(signature)
-                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            Key::Rs256(key) => {
+                rsa::pkcs1v15::Signature::try_from(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
+            }
             // Exactly 64 bytes `r || s` (RFC 7518 section 3.4), not DER.
-            Key::Es256(key) => p256::ecdsa::Signature::from_slice(signature)
-                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            Key::Es256(key) => {
+                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
+            }
         }
     }
 
@@ -354,9 +356,8 @@ fn jwk_key(jwk: &Map<String, Value>) -> Result<VerifyKey, String> {
         "RSA" => {
             let n = field("n")?;
             let e = field("e")?;
-            let uint = |b: &[u8]| {
-                rsa::BoxedUint::from_be_slice(b, (b.len() as u32 * 8).max(8)).map_err(|e| format!("{e:?}"))
-            };
+            let uint =
+                |b: &[u8]| rsa::BoxedUint::from_be_slice(b, (b.len() as u32 * 8).max(8)).map_err(|e| format!("{e:?}"));
             let key = rsa::PublicKey::new(uint(&n)?, uint(&e)?).map_err(|e| format!("not a usable RSA key: {e}"))?;
             VerifyKey { kid: None, key: Key::rs256(key).map_err(|e| e.to_string())? }
         }
@@ -558,7 +559,7 @@ impl JwtVerifier {
             None => k.alg().name() == alg,
         });
         let signature = B64URL.decode(signature).map_err(|_| AuthError::Malformed)?;
-        let signing_input = token[..header.len() + 1 + payload.len()].as_bytes();
+        let signing_input = &token.as_bytes()[..header.len() + 1 + payload.len()];
         match kid {
             Some(_) => {
                 // `KeySet::new` makes a kid name at most one key.
@@ -1133,9 +1134,13 @@ mod tests {
         // The kid's key is of another algorithm than the token's.
         let confused = token(r#"{"alg":"HS256","kid":"rsa-1"}"#, CLAIMS, |i| hmac(RS_PUBLIC.as_bytes(), i));
         assert_eq!(v.verify(&confused, NOW), Err(AuthError::AlgorithmMismatch));
-        assert_eq!(v.verify(&es256_header(r#"{"alg":"ES256","kid":"rsa-1"}"#, CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+        assert_eq!(
+            v.verify(&es256_header(r#"{"alg":"ES256","kid":"rsa-1"}"#, CLAIMS), NOW),
+            Err(AuthError::AlgorithmMismatch)
+        );
         // The right kid, a wrong signature.
-        let forged = token(r#"{"alg":"HS256","kid":"hs-1"}"#, CLAIMS, |i| hmac(b"another secret, also 32 bytes long", i));
+        let forged =
+            token(r#"{"alg":"HS256","kid":"hs-1"}"#, CLAIMS, |i| hmac(b"another secret, also 32 bytes long", i));
         assert_eq!(v.verify(&forged, NOW), Err(AuthError::BadSignature));
         // kid not a string; alg none with a kid.
         let odd = token(r#"{"alg":"HS256","kid":7}"#, CLAIMS, |i| hmac(SECRET, i));
@@ -1156,9 +1161,15 @@ mod tests {
             (r#"{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}"#, "only EC keys on crv P-256"),
             (r#"{"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA"}"#, "32 bytes each"),
             (r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#, "JWKS key 1"),
-            (r#"{"kty":"oct","alg":"RS256","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#, "does not match kty"),
+            (
+                r#"{"kty":"oct","alg":"RS256","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#,
+                "does not match kty",
+            ),
             (r#"{"kty":"oct","k":"not base64!"}"#, "not base64url"),
-            (r#"{"kty":"oct","kid":"a","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#, "two keys have kid"),
+            (
+                r#"{"kty":"oct","kid":"a","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#,
+                "two keys have kid",
+            ),
             (r#""just a string""#, "not a JSON object"),
         ];
         for (bad, want) in cases {

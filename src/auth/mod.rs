@@ -50,9 +50,9 @@ pub mod replay;
 
 #[cfg(feature = "jwt")]
 pub use jwt::{Alg, Claims, JwtVerifier, KeySet, VerifyKey};
+pub use origin::{InvalidOrigin, OriginPolicy, OriginRejected};
 #[cfg(feature = "jwt")]
 pub use replay::{ReplayStore, SeenSet};
-pub use origin::{InvalidOrigin, OriginPolicy, OriginRejected};
 
 use std::fmt;
 

@@ -35,11 +35,11 @@
 
 mod config;
 mod driver;
-#[cfg(feature = "jwt")]
-mod jti;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "jwt")]
+mod jti;
 mod resp;
 
 pub use config::{RedisConfig, SubscribeMode};

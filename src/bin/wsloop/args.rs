@@ -428,8 +428,9 @@ fn redis_config(c: &Cli, m: &ArgMatches, max_message: usize) -> Result<Option<Re
         return Ok(None);
     };
     if c.mode != Mode::Rooms && !c.jwt_require_jti {
-        return Err("--redis with echo shares the --jwt-require-jti check only: add --jwt-require-jti, or use rooms"
-            .into());
+        return Err(
+            "--redis with echo shares the --jwt-require-jti check only: add --jwt-require-jti, or use rooms".into()
+        );
     }
     #[cfg(not(feature = "redis"))]
     {
