@@ -43,3 +43,9 @@ fn message_seeds_pass() {
 fn resp_seeds_pass() {
     replay("resp", wsloop::redis::fuzzing::resp);
 }
+
+#[cfg(feature = "jwt")]
+#[test]
+fn jwt_seeds_pass() {
+    replay("jwt", wsloop::auth::fuzzing::jwt);
+}

@@ -43,6 +43,9 @@
 
 pub mod bearer;
 #[cfg(feature = "jwt")]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "jwt")]
 pub mod jwt;
 pub mod origin;
 #[cfg(feature = "jwt")]
