@@ -477,3 +477,17 @@ fn replaced_keys_apply_to_the_next_handshake_and_open_connections_stay() {
     assert_eq!(next_data(&mut ws), Message::Text("still".into()));
     ops::close(ws);
 }
+
+#[test]
+fn a_capacity_refusal_does_not_use_up_the_jti() {
+    let s = AuthServer::start(hs256_verifier().require_jti(true), |cfg| cfg.max_conns = 1);
+    let url = format!("ws://{}/?access_token={}", s.server.addr, hs256(&claims_jti("a", "first")));
+    let (ws, _) = handshake(tcp(s.server.addr), url).expect("upgrade");
+    let second = hs256(&claims_jti("b", "second"));
+    let (resp, _) = ops::raw_exchange(s.server.addr, &upgrade_request(&s.host(), "/", &[&bearer(&second)]), false);
+    assert_eq!(status(&resp), 503, "{resp}");
+    ops::close(ws);
+    assert!(wait_until(Duration::from_secs(10), || s.server.handle().open_connections() == 0));
+    // The refused client retries with the same token: not a replay.
+    assert!(upgrades(&s, &second));
+}

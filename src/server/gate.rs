@@ -123,17 +123,23 @@ pub(super) fn handshake<H: Handler>(
         }
     };
     let (req, head_len) = req;
-    let claims = match check(ctx, &req) {
-        Ok(claims) => claims,
-        Err(refusal) => {
-            refuse(conn, ctx, key, refusal, false);
-            return data.len();
-        }
-    };
+    if let Err(e) = ctx.cfg.origin_policy.check(&req) {
+        refuse(conn, ctx, key, Refusal::Origin(e), false);
+        return data.len();
+    }
+    // Admission before the token: a token's `jti` is used up by a successful check, so
+    // a refusal for capacity must come first, or the client's retry would be a replay.
     if let Err(refusal) = ctx.shared.admit(conn.meta.ip()) {
         refuse(conn, ctx, key, refusal, false);
         return data.len();
     }
+    let claims = match check_token(ctx, &req) {
+        Ok(claims) => claims,
+        Err(refusal) => {
+            refuse(conn, ctx, key, refusal, true);
+            return data.len();
+        }
+    };
     let expires = claims.as_ref().and_then(|c| expiry_tick(ctx, c));
     ctx.claims = claims;
     let mut c = Connection { core: conn.session.core(), ctx: &mut *ctx, meta: &mut conn.meta, key };
@@ -173,14 +179,15 @@ fn refuse<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, key: u32, refusal: Refu
     ctx.mark_dirty(&mut conn.meta, key);
 }
 
-/// The server's own checks before `on_open`: origin policy (403), then the token (401).
-/// `Ok` carries the verified claims when JWT auth is on.
-fn check(ctx: &Ctx, req: &Request<'_, '_>) -> Result<Option<Claims>, Refusal> {
-    ctx.cfg.origin_policy.check(req).map_err(Refusal::Origin)?;
+/// The token (401; 503 when its replay check cannot be made), the last of the server's
+/// checks before `on_open`. `Ok` carries the verified claims when JWT auth is on.
+fn check_token(ctx: &Ctx, req: &Request<'_, '_>) -> Result<Option<Claims>, Refusal> {
     #[cfg(feature = "jwt")]
     if let Some(v) = &ctx.cfg.jwt {
         return v.verify_request(req, unix_now()).map(Some).map_err(Refusal::Auth);
     }
+    #[cfg(not(feature = "jwt"))]
+    let _ = (ctx, req);
     Ok(None)
 }
 
