@@ -608,7 +608,10 @@ impl JwtVerifier {
         // Accepted up to exp + leeway, so remembered as long; without exp, up to the
         // max age. Neither: the id could never be forgotten, so the token is refused.
         let by_exp = claims.exp.map(|e| e.saturating_add(self.leeway_secs));
-        let by_age = claims.iat.zip(self.max_age_secs).map(|(iat, age)| iat.saturating_add(age + self.leeway_secs));
+        let by_age = claims
+            .iat
+            .zip(self.max_age_secs)
+            .map(|(iat, age)| iat.saturating_add(age).saturating_add(self.leeway_secs));
         let until = match (by_exp, by_age) {
             (Some(a), Some(b)) => a.min(b),
             (Some(t), None) | (None, Some(t)) => t,
