@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
 use tungstenite::Message;
-use wsloop::auth::{Alg, JwtVerifier};
+use wsloop::auth::{Alg, JwtVerifier, KeySet, VerifyKey};
 use wsloop::proto::Request;
 use wsloop::server::{Accept, Config, Connection, Handler, Reject};
 
@@ -375,4 +375,119 @@ fn without_jwt_configured_claims_are_none() {
     let mut ws = connect(server.addr, "/");
     assert_eq!(next_data(&mut ws), Message::Text("<no claims>".into()));
     ops::close(ws);
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+/// Claims with a `jti`.
+fn claims_jti(sub: &str, jti: &str) -> String {
+    format!(
+        r#"{{"sub":"{sub}","iss":"{ISSUER}","aud":"{AUDIENCE}","iat":{},"exp":{},"jti":"{jti}"}}"#,
+        now(),
+        now() + 3600
+    )
+}
+
+fn upgrades(s: &AuthServer, token: &str) -> bool {
+    let (resp, _) = ops::raw_exchange(s.server.addr, &upgrade_request(&s.host(), "/", &[&bearer(token)]), false);
+    status(&resp) == 101
+}
+
+#[test]
+fn unknown_kid_is_401() {
+    let keys = KeySet::new(vec![VerifyKey::secret(SECRET).unwrap().with_kid("2026-11")]).unwrap();
+    let s = AuthServer::start(JwtVerifier::from_keys(keys).issuer(ISSUER).audience(AUDIENCE), |_| {});
+    let token = sign_hs256(r#"{"alg":"HS256","kid":"2026-12"}"#, &claims("a", now() + 3600), SECRET);
+    let c = s.assert_refused("/", &[&bearer(&token)], 401);
+    assert_invalid_token(&c, "kid names no configured key");
+}
+
+#[test]
+fn kid_of_a_key_of_another_algorithm_is_401() {
+    // The RSA key is named "rsa": an HS256 token naming it, keyed with the public key.
+    let keys = KeySet::new(vec![
+        VerifyKey::public_key_pem(RS_PUBLIC, Alg::Rs256).unwrap().with_kid("rsa"),
+        VerifyKey::secret(SECRET).unwrap().with_kid("hs"),
+    ])
+    .unwrap();
+    let s = AuthServer::start(JwtVerifier::from_keys(keys).issuer(ISSUER).audience(AUDIENCE), |_| {});
+    let token = sign_hs256(r#"{"alg":"HS256","kid":"rsa"}"#, &claims("m", now() + 3600), RS_PUBLIC.as_bytes());
+    let c = s.assert_refused("/", &[&bearer(&token)], 401);
+    assert_invalid_token(&c, "not the configured algorithm");
+}
+
+#[test]
+fn iat_too_old_or_missing_is_401() {
+    let s = AuthServer::start(hs256_verifier().max_age(Duration::from_secs(60)), |_| {});
+    let old = format!(r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","iat":{},"exp":{}}}"#, now() - 600, now() + 3600);
+    let c = s.assert_refused("/", &[&bearer(&hs256(&old))], 401);
+    assert_invalid_token(&c, "older than the maximum age");
+    let missing = format!(r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{}}}"#, now() + 3600);
+    s.assert_refused("/", &[&bearer(&hs256(&missing))], 401);
+    assert!(upgrades(&s, &valid_token("fresh")));
+}
+
+#[test]
+fn replayed_jti_is_401_and_forged_tokens_do_not_burn_it() {
+    let s = AuthServer::start(hs256_verifier().require_jti(true), |_| {});
+    let c = s.assert_refused("/", &[&bearer(&valid_token("no-jti"))], 401);
+    assert_invalid_token(&c, "no jti");
+    let forged = sign_hs256(r#"{"alg":"HS256"}"#, &claims_jti("m", "id-1"), b"another secret of 32 bytes or more!!");
+    s.assert_refused("/", &[&bearer(&forged)], 401);
+    let token = hs256(&claims_jti("alice", "id-1"));
+    assert!(upgrades(&s, &token), "first use of id-1");
+    let (resp, _) = ops::raw_exchange(s.server.addr, &upgrade_request(&s.host(), "/", &[&bearer(&token)]), false);
+    assert_eq!(status(&resp), 401, "{resp}");
+    assert!(resp.contains("token already used"), "{resp}");
+    assert!(upgrades(&s, &hs256(&claims_jti("alice", "id-2"))));
+}
+
+#[test]
+fn full_seen_set_refuses_new_tokens_with_503_and_counts_them() {
+    let s = AuthServer::start(hs256_verifier().jti_capacity(1), |_| {});
+    assert!(upgrades(&s, &hs256(&claims_jti("a", "one"))));
+    let resp =
+        http_until_eof(s.server.addr, &upgrade_request(&s.host(), "/", &[&bearer(&hs256(&claims_jti("b", "two")))]));
+    assert_eq!(status(&resp), 503, "{resp}");
+    assert_eq!(ops::header(&resp, "Retry-After"), Some("1"), "{resp}");
+    assert!(resp.contains("token replay cache full"), "{resp}");
+    let label = wsloop::server::Refusal::LABELS.iter().position(|l| *l == "replay_check").unwrap();
+    let counted: u64 = s.server.handle().metrics().iter().map(|m| m.rejected[label].get()).sum();
+    assert_eq!(counted, 1);
+}
+
+#[test]
+fn replaced_keys_apply_to_the_next_handshake_and_open_connections_stay() {
+    let v = hs256_verifier();
+    let handle = v.clone();
+    let s = AuthServer::start(v, |_| {});
+    let url = format!("ws://{}/?access_token={}", s.server.addr, valid_token("old"));
+    let (mut ws, _) = handshake(tcp(s.server.addr), url).expect("upgrade with the old key");
+    assert_eq!(next_data(&mut ws), Message::Text("old".into()));
+    let new_secret = b"the rotated integration secret, 32+ bytes";
+    let new = sign_hs256(r#"{"alg":"HS256","kid":"new"}"#, &claims("new", now() + 3600), new_secret);
+    assert!(!upgrades(&s, &new));
+    handle.replace_keys(KeySet::new(vec![VerifyKey::secret(new_secret).unwrap().with_kid("new")]).unwrap());
+    assert!(upgrades(&s, &new));
+    assert!(!upgrades(&s, &valid_token("old-again")), "the removed key's tokens are refused");
+    // The connection opened with the old key is still open.
+    ws.send(Message::Text("still".into())).unwrap();
+    assert_eq!(next_data(&mut ws), Message::Text("still".into()));
+    ops::close(ws);
+}
+
+#[test]
+fn a_capacity_refusal_does_not_use_up_the_jti() {
+    let s = AuthServer::start(hs256_verifier().require_jti(true), |cfg| cfg.max_conns = 1);
+    let url = format!("ws://{}/?access_token={}", s.server.addr, hs256(&claims_jti("a", "first")));
+    let (ws, _) = handshake(tcp(s.server.addr), url).expect("upgrade");
+    let second = hs256(&claims_jti("b", "second"));
+    let (resp, _) = ops::raw_exchange(s.server.addr, &upgrade_request(&s.host(), "/", &[&bearer(&second)]), false);
+    assert_eq!(status(&resp), 503, "{resp}");
+    ops::close(ws);
+    assert!(wait_until(Duration::from_secs(10), || s.server.handle().open_connections() == 0));
+    // The refused client retries with the same token: not a replay.
+    assert!(upgrades(&s, &second));
 }

@@ -172,7 +172,7 @@ fn a_bad_value_is_one_line_naming_flag_value_and_what_is_allowed() {
         (&[], &[], "missing <MODE> (echo or rooms)"),
         (&["echo", "--lisen", "x"], &[], "unknown flag \"--lisen\" (did you mean --listen?)"),
         (&["echo", "--ping-interval", "80"], &[], "--ping-interval is 80s; must be below --idle-timeout (75s)"),
-        (&["echo", "--redis", "redis://127.0.0.1/"], &[], "--redis works with `rooms` only"),
+        (&["echo", "--redis", "redis://127.0.0.1/"], &[], "--redis with echo shares the --jwt-require-jti check only"),
     ];
     for (args, env, want) in cases {
         let line = usage_error(args, env);

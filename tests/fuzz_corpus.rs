@@ -61,3 +61,9 @@ fn session_differential_seeds_pass() {
 fn admin_chunked_seeds_pass() {
     replay("admin_chunked", wsloop::server::fuzzing::admin_chunked);
 }
+
+#[cfg(feature = "jwt")]
+#[test]
+fn jwt_seeds_pass() {
+    replay("jwt", wsloop::auth::fuzzing::jwt);
+}

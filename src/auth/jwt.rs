@@ -1,17 +1,28 @@
 //! JWT bearer tokens (RFC 7519, compact JWS of RFC 7515): HS256 with a shared secret,
-//! RS256 and ES256 with a PEM public key (RFC 7518 section 3). Feature `jwt`.
+//! RS256 and ES256 with a public key (RFC 7518 section 3). Feature `jwt`.
 //!
-//! A [`JwtVerifier`] holds one key for one algorithm. A token is accepted only if:
+//! A [`JwtVerifier`] holds a [`KeySet`]: one or more keys, each fixed to one algorithm and
+//! optionally named by a `kid`, from secrets, PEM files or a JSON Web Key Set
+//! ([`KeySet::from_jwks`], RFC 7517). The set can be replaced while workers verify
+//! ([`JwtVerifier::replace_keys`]): that is how keys rotate without a restart. A token is
+//! accepted only if:
 //!
 //! 1. it is three base64url parts (no padding), at most `max_token_len` bytes;
-//! 2. its header's `alg` is exactly the configured algorithm. `none` is always refused,
-//!    and no key is ever used with another algorithm than the one it was configured for,
-//!    which closes the RS256-public-key-as-HMAC-secret confusion;
-//! 3. the signature verifies (only then is the payload parsed);
-//! 4. `exp` is present (unless [`JwtVerifier::require_exp`]`(false)`) and not past, and
+//! 2. its header's `alg` is not `none` (any case: always refused), and no `crit` header;
+//! 3. with a `kid` header, the key of that `kid` exists ([`AuthError::UnknownKey`]) and has
+//!    exactly the token's algorithm ([`AuthError::AlgorithmMismatch`]); without `kid`, the
+//!    set has keys of the token's algorithm and the signature verifies with one of them.
+//!    No key is ever used with another algorithm than its own, which closes the
+//!    RS256-public-key-as-HMAC-secret confusion;
+//! 4. the signature verifies (only then is the payload parsed);
+//! 5. `exp` is present (unless [`JwtVerifier::require_exp`]`(false)`) and not past, and
 //!    `nbf`, if present, is not in the future, both within the leeway (default 30 s);
-//! 5. `iss` equals the configured issuer, if one is configured;
-//! 6. `aud` names a configured audience if any is configured, and is absent otherwise.
+//! 6. with [`JwtVerifier::max_age`], `iat` is present and not older than that;
+//! 7. `iss` equals the configured issuer, if one is configured;
+//! 8. `aud` names a configured audience if any is configured, and is absent otherwise;
+//! 9. with [`JwtVerifier::require_jti`], `jti` is present, and last, once every check
+//!    above has passed, the [`ReplayStore`] records it: a `jti` seen before is
+//!    [`AuthError::Replayed`]. Forged or otherwise invalid tokens never use up an id.
 //!
 //! The caller passes the time (`now_unix`, seconds since the epoch): the verifier reads
 //! no clock, so tests and the engine's timer wheel decide what "now" is.
@@ -28,6 +39,7 @@
 //! # Ok::<(), AuthError>(())
 //! ```
 
+use super::replay::{ReplayStore, SeenSet};
 use super::{bearer, AuthError};
 use crate::proto::handshake::Request;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -40,6 +52,7 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Default for [`JwtVerifier::leeway`].
@@ -106,6 +119,18 @@ pub enum KeyError {
         /// The modulus size.
         bits: u32,
     },
+    /// A key set without any key.
+    NoKeys,
+    /// Two keys of a set have the same `kid`: a token naming it would be ambiguous.
+    DuplicateKid(String),
+    /// A JSON Web Key Set that does not parse, or a key in it that is unusable. `key` is
+    /// the key's index in `keys`, when the problem is in one key.
+    Jwks {
+        /// Index in the set's `keys` array.
+        key: Option<usize>,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl fmt::Display for KeyError {
@@ -133,6 +158,10 @@ impl fmt::Display for KeyError {
                 f,
                 "the RSA key has {bits} bits; RFC 7518 section 3.3 requires at least {MIN_RSA_BITS} bits for RS256"
             ),
+            KeyError::NoKeys => f.write_str("no key: give at least one"),
+            KeyError::DuplicateKid(kid) => write!(f, "two keys have kid {kid:?}; each kid must name one key"),
+            KeyError::Jwks { key: Some(i), detail } => write!(f, "JWKS key {i}: {detail}"),
+            KeyError::Jwks { key: None, detail } => write!(f, "not a JSON Web Key Set: {detail}"),
         }
     }
 }
@@ -154,35 +183,67 @@ enum Key {
     Es256(p256::ecdsa::VerifyingKey),
 }
 
-/// Checks JWTs against one key. Build it once at start-up, share it across workers.
-#[derive(Clone)]
-pub struct JwtVerifier {
-    key: Key,
-    issuer: Option<String>,
-    audiences: Vec<String>,
-    leeway_secs: u64,
-    require_exp: bool,
-    max_token_len: usize,
+impl Key {
+    fn alg(&self) -> Alg {
+        match self {
+            Key::Hs256(_) => Alg::Hs256,
+            Key::Rs256(_) => Alg::Rs256,
+            Key::Es256(_) => Alg::Es256,
+        }
+    }
+
+    fn verifies(&self, signing_input: &[u8], signature: &[u8]) -> bool {
+        match self {
+            Key::Hs256(mac) => {
+                let mut mac = mac.clone();
+                mac.update(signing_input);
+                // Constant-time comparison; a wrong length fails too.
+                mac.verify_slice(signature).is_ok()
+            }
+            Key::Rs256(key) => {
+                rsa::pkcs1v15::Signature::try_from(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
+            }
+            // Exactly 64 bytes `r || s` (RFC 7518 section 3.4), not DER.
+            Key::Es256(key) => {
+                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
+            }
+        }
+    }
+
+    fn rs256(key: rsa::PublicKey) -> Result<Key, KeyError> {
+        let bits = key.n().bit_width_vartime();
+        if bits < MIN_RSA_BITS as u32 {
+            return Err(KeyError::RsaTooSmall { bits });
+        }
+        Ok(Key::Rs256(rsa::pkcs1v15::VerifyingKey::new(key)))
+    }
 }
 
-impl JwtVerifier {
-    /// An HS256 verifier with a shared secret of at least [`MIN_SECRET_LEN`] bytes;
-    /// shorter is [`KeyError::SecretTooShort`].
-    pub fn from_secret(secret: &[u8]) -> Result<Self, KeyError> {
+/// One verification key: its algorithm is fixed by what it is, its `kid` is optional.
+#[derive(Clone)]
+pub struct VerifyKey {
+    kid: Option<String>,
+    key: Key,
+}
+
+impl VerifyKey {
+    /// An HS256 key: a shared secret of at least [`MIN_SECRET_LEN`] bytes; shorter is
+    /// [`KeyError::SecretTooShort`].
+    pub fn secret(secret: &[u8]) -> Result<Self, KeyError> {
         if secret.len() < MIN_SECRET_LEN {
             return Err(KeyError::SecretTooShort { len: secret.len() });
         }
         // HMAC takes keys of any length: this cannot fail.
         let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| KeyError::SecretTooShort { len: secret.len() })?;
-        Ok(Self::with_key(Key::Hs256(mac)))
+        Ok(VerifyKey { kid: None, key: Key::Hs256(mac) })
     }
 
-    /// An RS256 or ES256 verifier with a PEM public key: `PUBLIC KEY` (SubjectPublicKeyInfo,
+    /// An RS256 or ES256 key from a PEM public key: `PUBLIC KEY` (SubjectPublicKeyInfo,
     /// what `openssl pkey -pubout` writes) for either, or `RSA PUBLIC KEY` (PKCS#1) for
     /// RS256. A [`KeyError`] says why not: the PEM does not parse or the key is not of the
     /// algorithm's type (RSA, or EC on P-256), an RSA key is under [`MIN_RSA_BITS`], or
     /// `alg` is [`Alg::Hs256`] (a public key is not a secret).
-    pub fn from_public_key_pem(pem: &str, alg: Alg) -> Result<Self, KeyError> {
+    pub fn public_key_pem(pem: &str, alg: Alg) -> Result<Self, KeyError> {
         let pem = pem.trim();
         let not_public = |detail: String| {
             if pem.contains("PRIVATE KEY-----") {
@@ -193,33 +254,194 @@ impl JwtVerifier {
         };
         let key = match alg {
             Alg::Hs256 => return Err(KeyError::PublicKeyForHmac),
-            Alg::Rs256 => {
-                let key = rsa::PublicKey::from_public_key_pem(pem).or_else(|spki| {
-                    rsa::PublicKey::from_pkcs1_pem(pem)
-                        .map_err(|pkcs1| not_public(format!("{spki}; as PKCS#1: {pkcs1}")))
-                })?;
-                let bits = key.n().bit_width_vartime();
-                if bits < MIN_RSA_BITS as u32 {
-                    return Err(KeyError::RsaTooSmall { bits });
-                }
-                Key::Rs256(rsa::pkcs1v15::VerifyingKey::new(key))
-            }
+            Alg::Rs256 => Key::rs256(rsa::PublicKey::from_public_key_pem(pem).or_else(|spki| {
+                rsa::PublicKey::from_pkcs1_pem(pem).map_err(|pkcs1| not_public(format!("{spki}; as PKCS#1: {pkcs1}")))
+            })?)?,
             Alg::Es256 => {
                 Key::Es256(p256::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|e| not_public(e.to_string()))?)
             }
         };
-        Ok(Self::with_key(key))
+        Ok(VerifyKey { kid: None, key })
     }
 
-    fn with_key(key: Key) -> Self {
+    /// Names the key: a token whose header has `"kid": kid` is checked with this key only.
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.kid = Some(kid.into());
+        self
+    }
+
+    /// The key's algorithm.
+    pub fn alg(&self) -> Alg {
+        self.key.alg()
+    }
+
+    /// The key's `kid`, if it has one.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No key material: a secret in a log line is a leaked secret.
+        f.debug_struct("VerifyKey").field("kid", &self.kid).field("alg", &self.alg()).finish_non_exhaustive()
+    }
+}
+
+/// The keys a verifier accepts: at least one, no `kid` twice.
+#[derive(Clone, Debug)]
+pub struct KeySet {
+    keys: Vec<VerifyKey>,
+}
+
+impl KeySet {
+    /// A set of `keys`: [`KeyError::NoKeys`] when empty, [`KeyError::DuplicateKid`] when
+    /// two share a `kid`.
+    pub fn new(keys: Vec<VerifyKey>) -> Result<Self, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::NoKeys);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if let Some(kid) = k.kid() {
+                if keys[..i].iter().any(|o| o.kid() == Some(kid)) {
+                    return Err(KeyError::DuplicateKid(kid.to_owned()));
+                }
+            }
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// Reads a JSON Web Key Set (RFC 7517 section 5): `{"keys": [...]}`. Each key has
+    /// `kty` `oct` (`k`: the HS256 secret, base64url), `RSA` (`n`, `e`) or `EC` (`crv`
+    /// `P-256`, `x`, `y`); optionally `kid` and `alg`, which must then be the key type's
+    /// algorithm (HS256, RS256, ES256). Keys with `"use": "enc"` are encryption keys and
+    /// are left out. The set is taken whole or not at all: any key that does not parse,
+    /// is of an unsupported type, or is too weak makes the whole set a [`KeyError`].
+    pub fn from_jwks(json: &str) -> Result<Self, KeyError> {
+        let bad = |detail: &str| KeyError::Jwks { key: None, detail: detail.to_owned() };
+        let doc: Value = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
+        let list = doc.get("keys").and_then(Value::as_array).ok_or_else(|| bad("no \"keys\" array"))?;
+        let mut keys = Vec::with_capacity(list.len());
+        for (i, jwk) in list.iter().enumerate() {
+            let err = |detail: String| KeyError::Jwks { key: Some(i), detail };
+            let jwk = jwk.as_object().ok_or_else(|| err("not a JSON object".into()))?;
+            if jwk.get("use").is_some_and(|u| u != "sig") {
+                continue;
+            }
+            let key = jwk_key(jwk).map_err(err)?;
+            keys.push(match jwk.get("kid") {
+                None => key,
+                Some(Value::String(kid)) => key.with_kid(kid.clone()),
+                Some(_) => return Err(err("\"kid\" is not a string".into())),
+            });
+        }
+        KeySet::new(keys)
+    }
+
+    /// The keys, in the order given.
+    pub fn keys(&self) -> &[VerifyKey] {
+        &self.keys
+    }
+}
+
+/// One JWK (RFC 7518 section 6) as a key, or what is wrong with it.
+fn jwk_key(jwk: &Map<String, Value>) -> Result<VerifyKey, String> {
+    let field = |name: &str| -> Result<Vec<u8>, String> {
+        let v = jwk.get(name).and_then(Value::as_str).ok_or_else(|| format!("no \"{name}\" string"))?;
+        B64URL.decode(v).map_err(|_| format!("\"{name}\" is not base64url without padding"))
+    };
+    let kty = jwk.get("kty").and_then(Value::as_str).ok_or("no \"kty\" string")?;
+    let key = match kty {
+        "oct" => VerifyKey::secret(&field("k")?).map_err(|e| e.to_string())?,
+        "RSA" => {
+            let n = field("n")?;
+            let e = field("e")?;
+            let uint =
+                |b: &[u8]| rsa::BoxedUint::from_be_slice(b, (b.len() as u32 * 8).max(8)).map_err(|e| format!("{e:?}"));
+            let key = rsa::PublicKey::new(uint(&n)?, uint(&e)?).map_err(|e| format!("not a usable RSA key: {e}"))?;
+            VerifyKey { kid: None, key: Key::rs256(key).map_err(|e| e.to_string())? }
+        }
+        "EC" => {
+            if jwk.get("crv").and_then(Value::as_str) != Some("P-256") {
+                return Err("only EC keys on crv P-256 are supported (ES256)".into());
+            }
+            let (x, y) = (field("x")?, field("y")?);
+            if x.len() != 32 || y.len() != 32 {
+                return Err("\"x\" and \"y\" must be 32 bytes each for P-256".into());
+            }
+            let mut sec1 = Vec::with_capacity(65);
+            sec1.push(4);
+            sec1.extend_from_slice(&x);
+            sec1.extend_from_slice(&y);
+            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| "not a point on P-256")?;
+            VerifyKey { kid: None, key: Key::Es256(key) }
+        }
+        other => return Err(format!("kty {other:?} is not supported (oct, RSA, EC)")),
+    };
+    match jwk.get("alg") {
+        None => Ok(key),
+        Some(Value::String(a)) if a == key.alg().name() => Ok(key),
+        Some(a) => Err(format!("alg {a} does not match kty {kty} (which is {})", key.alg().name())),
+    }
+}
+
+/// Default for [`JwtVerifier::jti_capacity`]: ids remembered at most by the local
+/// seen-set (about 100 bytes each: 10 MB).
+pub const DEFAULT_JTI_CAPACITY: usize = 100_000;
+
+/// Checks JWTs against a [`KeySet`]. Build it once at start-up, share it across workers.
+/// Clones share the key set: [`JwtVerifier::replace_keys`] on one is seen by all.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    /// Read once per token (a read lock held for one `Arc` clone); replaced whole on a
+    /// reload, so a token is never checked against half of an old and half of a new set.
+    keys: Arc<RwLock<Arc<KeySet>>>,
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    leeway_secs: u64,
+    require_exp: bool,
+    max_token_len: usize,
+    max_age_secs: Option<u64>,
+    /// Where used `jti`s are recorded; `Some` exactly when `jti` is required.
+    replay: Option<Arc<dyn ReplayStore>>,
+}
+
+impl JwtVerifier {
+    /// An HS256 verifier with a shared secret of at least [`MIN_SECRET_LEN`] bytes;
+    /// shorter is [`KeyError::SecretTooShort`].
+    pub fn from_secret(secret: &[u8]) -> Result<Self, KeyError> {
+        Ok(Self::from_keys(KeySet::new(vec![VerifyKey::secret(secret)?])?))
+    }
+
+    /// An RS256 or ES256 verifier with one PEM public key ([`VerifyKey::public_key_pem`]).
+    pub fn from_public_key_pem(pem: &str, alg: Alg) -> Result<Self, KeyError> {
+        Ok(Self::from_keys(KeySet::new(vec![VerifyKey::public_key_pem(pem, alg)?])?))
+    }
+
+    /// A verifier with the keys of `keys`.
+    pub fn from_keys(keys: KeySet) -> Self {
         JwtVerifier {
-            key,
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
             issuer: None,
             audiences: Vec::new(),
             leeway_secs: DEFAULT_LEEWAY.as_secs(),
             require_exp: true,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            max_age_secs: None,
+            replay: None,
         }
+    }
+
+    /// Replaces the whole key set, for this verifier and its clones, while others
+    /// verify: tokens checked from now on use `keys`; connections already open are not
+    /// touched.
+    pub fn replace_keys(&self, keys: KeySet) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// The key set in use.
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Requires `iss` to equal `issuer` exactly. Default: `iss` is not checked.
@@ -256,13 +478,45 @@ impl JwtVerifier {
         self
     }
 
-    /// The one algorithm this verifier accepts.
+    /// Refuses a token whose `iat` is missing or more than `age` (plus the leeway) in the
+    /// past ([`AuthError::TooOld`]): bounds how long a captured token can be replayed,
+    /// even without `jti`. Default: `iat` is not checked.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age_secs = Some(age.as_secs());
+        self
+    }
+
+    /// Requires a `jti` claim ([`AuthError::MissingJti`]) and refuses one already used
+    /// ([`AuthError::Replayed`]) until the token it came with expires. The ids are kept
+    /// in a local [`SeenSet`] of [`DEFAULT_JTI_CAPACITY`] (see
+    /// [`JwtVerifier::jti_capacity`]), unless [`JwtVerifier::replay_store`] gives another
+    /// store. `false` (the default) checks no `jti`.
+    pub fn require_jti(mut self, require: bool) -> Self {
+        self.replay = match (require, self.replay.take()) {
+            (false, _) => None,
+            (true, Some(store)) => Some(store),
+            (true, None) => Some(Arc::new(SeenSet::new(DEFAULT_JTI_CAPACITY))),
+        };
+        self
+    }
+
+    /// Requires `jti`, kept in a local [`SeenSet`] of at most `capacity` ids. When it is
+    /// full of ids whose tokens have not expired, new tokens are refused with
+    /// [`AuthError::ReplayCacheFull`] (503) rather than an id forgotten early.
+    pub fn jti_capacity(mut self, capacity: usize) -> Self {
+        self.replay = Some(Arc::new(SeenSet::new(capacity)));
+        self
+    }
+
+    /// Requires `jti`, recorded in `store` (shared between nodes, such as Redis).
+    pub fn replay_store(mut self, store: Arc<dyn ReplayStore>) -> Self {
+        self.replay = Some(store);
+        self
+    }
+
+    /// The algorithm of the first key of the set.
     pub fn alg(&self) -> Alg {
-        match self.key {
-            Key::Hs256(_) => Alg::Hs256,
-            Key::Rs256(_) => Alg::Rs256,
-            Key::Es256(_) => Alg::Es256,
-        }
+        self.keys().keys[0].alg()
     }
 
     /// Finds the request's bearer token ([`bearer::find_token`]) and verifies it.
@@ -290,41 +544,80 @@ impl JwtVerifier {
         if alg.eq_ignore_ascii_case("none") {
             return Err(AuthError::AlgNone);
         }
-        if alg != self.alg().name() {
-            return Err(AuthError::AlgorithmMismatch);
-        }
         // RFC 7515 section 4.1.11: extensions we do not implement must be refused.
         if header_json.contains_key("crit") {
             return Err(AuthError::Malformed);
         }
+        let kid = match header_json.get("kid") {
+            None => None,
+            Some(Value::String(kid)) => Some(kid.as_str()),
+            Some(_) => return Err(AuthError::Malformed),
+        };
+        let keys = self.keys();
+        let mut candidates = keys.keys.iter().filter(|k| match kid {
+            Some(kid) => k.kid() == Some(kid),
+            None => k.alg().name() == alg,
+        });
         let signature = B64URL.decode(signature).map_err(|_| AuthError::Malformed)?;
-        let signing_input = &token[..header.len() + 1 + payload.len()];
-        self.check_signature(signing_input.as_bytes(), &signature)?;
+        let signing_input = &token.as_bytes()[..header.len() + 1 + payload.len()];
+        match kid {
+            Some(_) => {
+                // `KeySet::new` makes a kid name at most one key.
+                let key = candidates.next().ok_or(AuthError::UnknownKey)?;
+                if key.alg().name() != alg {
+                    return Err(AuthError::AlgorithmMismatch);
+                }
+                if !key.key.verifies(signing_input, &signature) {
+                    return Err(AuthError::BadSignature);
+                }
+            }
+            None => {
+                let mut any = false;
+                let mut ok = false;
+                for key in candidates {
+                    any = true;
+                    if key.key.verifies(signing_input, &signature) {
+                        ok = true;
+                        break;
+                    }
+                }
+                if !any {
+                    return Err(AuthError::AlgorithmMismatch);
+                }
+                if !ok {
+                    return Err(AuthError::BadSignature);
+                }
+            }
+        }
         let claims = Claims::from_map(decode_object(payload)?)?;
         self.check_claims(&claims, now_unix)?;
+        self.use_up_jti(&claims, now_unix)?;
         Ok(claims)
     }
 
-    fn check_signature(&self, signing_input: &[u8], signature: &[u8]) -> Result<(), AuthError> {
-        let ok =
-            match &self.key {
-                Key::Hs256(mac) => {
-                    let mut mac = mac.clone();
-                    mac.update(signing_input);
-                    // Constant-time comparison; a wrong length fails too.
-                    mac.verify_slice(signature).is_ok()
-                }
-                Key::Rs256(key) => rsa::pkcs1v15::Signature::try_from(signature)
-                    .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
-                // Exactly 64 bytes `r || s` (RFC 7518 section 3.4), not DER.
-                Key::Es256(key) => p256::ecdsa::Signature::from_slice(signature)
-                    .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
-            };
-        if ok {
-            Ok(())
-        } else {
-            Err(AuthError::BadSignature)
-        }
+    /// The last check: records the token's `jti` as used until the token expires.
+    fn use_up_jti(&self, claims: &Claims, now: u64) -> Result<(), AuthError> {
+        let Some(store) = &self.replay else {
+            return Ok(());
+        };
+        let jti = match claims.raw.get("jti") {
+            Some(Value::String(jti)) if !jti.is_empty() => jti,
+            Some(Value::String(_)) | None => return Err(AuthError::MissingJti),
+            Some(_) => return Err(AuthError::Malformed),
+        };
+        // Accepted up to exp + leeway, so remembered as long; without exp, up to the
+        // max age. Neither: the id could never be forgotten, so the token is refused.
+        let by_exp = claims.exp.map(|e| e.saturating_add(self.leeway_secs));
+        let by_age = claims
+            .iat
+            .zip(self.max_age_secs)
+            .map(|(iat, age)| iat.saturating_add(age).saturating_add(self.leeway_secs));
+        let until = match (by_exp, by_age) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => return Err(AuthError::MissingExpiry),
+        };
+        store.claim(jti, until, now)
     }
 
     fn check_claims(&self, claims: &Claims, now: u64) -> Result<(), AuthError> {
@@ -337,6 +630,12 @@ impl JwtVerifier {
         }
         if claims.nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
             return Err(AuthError::NotYetValid);
+        }
+        if let Some(age) = self.max_age_secs {
+            match claims.iat {
+                Some(iat) if now <= iat.saturating_add(age).saturating_add(leeway) => {}
+                _ => return Err(AuthError::TooOld),
+            }
         }
         if let Some(want) = &self.issuer {
             if claims.iss.as_ref() != Some(want) {
@@ -363,12 +662,14 @@ impl fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // No key material: a secret in a log line is a leaked secret.
         f.debug_struct("JwtVerifier")
-            .field("alg", &self.alg())
+            .field("keys", &self.keys().keys)
             .field("issuer", &self.issuer)
             .field("audiences", &self.audiences)
             .field("leeway_secs", &self.leeway_secs)
             .field("require_exp", &self.require_exp)
             .field("max_token_len", &self.max_token_len)
+            .field("max_age_secs", &self.max_age_secs)
+            .field("replay", &self.replay)
             .finish_non_exhaustive()
     }
 }
@@ -800,5 +1101,152 @@ mod tests {
         assert_eq!(v.alg(), Alg::Hs256);
         assert_eq!(es().alg(), Alg::Es256);
         assert_eq!(rs().alg(), Alg::Rs256);
+    }
+
+    const JWKS: &str = include_str!("../../tests/keys/jwks.json");
+
+    fn rs256_kid(kid: &str, claims: &str) -> String {
+        let key = rsa::pkcs1v15::SigningKey::<Sha256>::from_pkcs8_pem(RS_PRIVATE).unwrap();
+        token(&format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#), claims, |i| key.sign(i.as_bytes()).to_vec())
+    }
+
+    fn es256_header(header: &str, claims: &str) -> String {
+        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(ES_PRIVATE).unwrap();
+        token(header, claims, |i| {
+            let sig: p256::ecdsa::Signature = key.sign(i.as_bytes());
+            sig.to_bytes().to_vec()
+        })
+    }
+
+    #[test]
+    fn jwks_keys_of_each_type_verify_and_kid_picks_the_key() {
+        let v = JwtVerifier::from_keys(KeySet::from_jwks(JWKS).unwrap());
+        let kids: Vec<_> = v.keys().keys().iter().map(|k| (k.kid().unwrap().to_owned(), k.alg())).collect();
+        assert_eq!(kids, [("rsa-1".into(), Alg::Rs256), ("ec-1".into(), Alg::Es256), ("hs-1".into(), Alg::Hs256)]);
+        assert!(v.verify(&rs256_kid("rsa-1", CLAIMS), NOW).is_ok());
+        assert!(v.verify(&es256_header(r#"{"alg":"ES256","kid":"ec-1"}"#, CLAIMS), NOW).is_ok());
+        let hs_kid = token(r#"{"alg":"HS256","kid":"hs-1"}"#, CLAIMS, |i| hmac(SECRET, i));
+        assert!(v.verify(&hs_kid, NOW).is_ok());
+        // Without kid: tried against the keys of the token's algorithm.
+        for t in [rs256(CLAIMS), es256(CLAIMS), hs256(CLAIMS)] {
+            assert!(v.verify(&t, NOW).is_ok(), "{t}");
+        }
+        // A kid no key has, even if the signature would verify with some key.
+        assert_eq!(v.verify(&rs256_kid("rsa-2", CLAIMS), NOW), Err(AuthError::UnknownKey));
+        assert_eq!(AuthError::UnknownKey.status(), 401);
+        // The kid's key is of another algorithm than the token's.
+        let confused = token(r#"{"alg":"HS256","kid":"rsa-1"}"#, CLAIMS, |i| hmac(RS_PUBLIC.as_bytes(), i));
+        assert_eq!(v.verify(&confused, NOW), Err(AuthError::AlgorithmMismatch));
+        assert_eq!(
+            v.verify(&es256_header(r#"{"alg":"ES256","kid":"rsa-1"}"#, CLAIMS), NOW),
+            Err(AuthError::AlgorithmMismatch)
+        );
+        // The right kid, a wrong signature.
+        let forged =
+            token(r#"{"alg":"HS256","kid":"hs-1"}"#, CLAIMS, |i| hmac(b"another secret, also 32 bytes long", i));
+        assert_eq!(v.verify(&forged, NOW), Err(AuthError::BadSignature));
+        // kid not a string; alg none with a kid.
+        let odd = token(r#"{"alg":"HS256","kid":7}"#, CLAIMS, |i| hmac(SECRET, i));
+        assert_eq!(v.verify(&odd, NOW), Err(AuthError::Malformed));
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","kid":"hs-1"}"#), b64(CLAIMS));
+        assert_eq!(v.verify(&none, NOW), Err(AuthError::AlgNone));
+        // No key of the token's algorithm at all.
+        assert_eq!(hs().verify(&es256(CLAIMS), NOW), Err(AuthError::AlgorithmMismatch));
+    }
+
+    #[test]
+    fn a_jwks_with_any_bad_key_is_refused_whole() {
+        let good = r#"{"kty":"oct","kid":"a","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#;
+        let set = |bad: &str| KeySet::from_jwks(&format!(r#"{{"keys":[{good},{bad}]}}"#)).map(|_| ()).unwrap_err();
+        let cases = [
+            (r#"{"kty":"oct","k":"c2hvcnQ"}"#, "JWKS key 1: the HS256 secret has 5 bytes"),
+            (r#"{"kty":"OKP","crv":"Ed25519","x":"AA"}"#, "kty \"OKP\" is not supported"),
+            (r#"{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}"#, "only EC keys on crv P-256"),
+            (r#"{"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA"}"#, "32 bytes each"),
+            (r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#, "JWKS key 1"),
+            (
+                r#"{"kty":"oct","alg":"RS256","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#,
+                "does not match kty",
+            ),
+            (r#"{"kty":"oct","k":"not base64!"}"#, "not base64url"),
+            (
+                r#"{"kty":"oct","kid":"a","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#,
+                "two keys have kid",
+            ),
+            (r#""just a string""#, "not a JSON object"),
+        ];
+        for (bad, want) in cases {
+            let e = set(bad).to_string();
+            assert!(e.contains(want), "{bad}: {e:?} lacks {want:?}");
+        }
+        for doc in ["", "{", r#"{"keys":{}}"#, r#"{"other":[]}"#] {
+            assert!(matches!(KeySet::from_jwks(doc), Err(KeyError::Jwks { key: None, .. })), "{doc}");
+        }
+        assert_eq!(KeySet::from_jwks(r#"{"keys":[]}"#).unwrap_err(), KeyError::NoKeys);
+        // Encryption keys are left out, not an error; the RSA 1024-bit modulus is too weak.
+        let enc = r#"{"keys":[{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}, {"kty":"oct","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}]}"#;
+        assert_eq!(KeySet::from_jwks(enc).unwrap().keys().len(), 1);
+    }
+
+    #[test]
+    fn replaced_keys_reach_every_clone() {
+        let v = hs();
+        let clone = v.clone();
+        let new_secret = b"the rotated secret, 32 bytes or more";
+        let new = token(r#"{"alg":"HS256","kid":"2"}"#, CLAIMS, |i| hmac(new_secret, i));
+        assert_eq!(clone.verify(&new, NOW), Err(AuthError::UnknownKey));
+        v.replace_keys(KeySet::new(vec![VerifyKey::secret(new_secret).unwrap().with_kid("2")]).unwrap());
+        assert!(clone.verify(&new, NOW).is_ok());
+        // The old key is gone.
+        assert_eq!(clone.verify(&hs256(CLAIMS), NOW), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn max_age_refuses_old_or_missing_iat() {
+        let v = hs().max_age(Duration::from_secs(60)).leeway(Duration::ZERO);
+        assert!(v.verify(&hs256(CLAIMS), NOW + 60).is_ok());
+        assert_eq!(v.verify(&hs256(CLAIMS), NOW + 61), Err(AuthError::TooOld));
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600}"#), NOW), Err(AuthError::TooOld));
+        // Without max_age, iat is not required.
+        assert!(hs().verify(&hs256(r#"{"exp":1700000600}"#), NOW).is_ok());
+    }
+
+    #[test]
+    fn jti_is_used_up_only_by_a_token_that_passes_every_check() {
+        let v = hs().require_jti(true);
+        let claims = r#"{"exp":1700000600,"jti":"id-1"}"#;
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600}"#), NOW), Err(AuthError::MissingJti));
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600,"jti":""}"#), NOW), Err(AuthError::MissingJti));
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600,"jti":5}"#), NOW), Err(AuthError::Malformed));
+        // A forged token and an otherwise invalid one with the same jti do not burn it.
+        let forged = token(r#"{"alg":"HS256"}"#, claims, |i| hmac(b"another secret, also 32 bytes long", i));
+        assert_eq!(v.verify(&forged, NOW), Err(AuthError::BadSignature));
+        let wrong_aud = hs256(r#"{"exp":1700000600,"jti":"id-1","aud":"elsewhere"}"#);
+        assert_eq!(v.verify(&wrong_aud, NOW), Err(AuthError::WrongAudience));
+        assert!(v.verify(&hs256(claims), NOW).is_ok());
+        assert_eq!(v.verify(&hs256(claims), NOW + 1), Err(AuthError::Replayed));
+        // Clones share the seen-set.
+        assert_eq!(v.clone().verify(&hs256(claims), NOW + 2), Err(AuthError::Replayed));
+        // Another id is fine.
+        assert!(v.verify(&hs256(r#"{"exp":1700000600,"jti":"id-2"}"#), NOW).is_ok());
+        // No exp and no max age: the id could never be forgotten, so refused.
+        let v = hs().require_exp(false).require_jti(true);
+        assert_eq!(v.verify(&hs256(r#"{"jti":"x"}"#), NOW), Err(AuthError::MissingExpiry));
+    }
+
+    #[test]
+    fn a_full_seen_set_refuses_new_tokens_with_503() {
+        let v = hs().jti_capacity(2);
+        for id in ["a", "b"] {
+            assert!(v.verify(&hs256(&format!(r#"{{"exp":1700000600,"jti":"{id}"}}"#)), NOW).is_ok());
+        }
+        let third = hs256(r#"{"exp":1700000600,"jti":"c"}"#);
+        assert_eq!(v.verify(&third, NOW), Err(AuthError::ReplayCacheFull));
+        assert_eq!(AuthError::ReplayCacheFull.status(), 503);
+        // Still refused as replays: nothing was forgotten to make room.
+        assert_eq!(v.verify(&hs256(r#"{"exp":1700000600,"jti":"a"}"#), NOW), Err(AuthError::Replayed));
+        // Once their tokens have expired (exp + leeway), there is room again.
+        let later = hs256(r#"{"exp":1700001600,"jti":"c"}"#);
+        assert!(v.verify(&later, 1_700_000_630).is_ok());
     }
 }

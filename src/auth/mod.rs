@@ -9,8 +9,10 @@
 //! - [`origin`]: [`OriginPolicy`], against cross-site WebSocket hijacking. Refusal: 403.
 //! - [`bearer`]: where a bearer token sits in the request, and the client's subprotocols
 //!   with the `bearer.<token>` entry taken out.
-//! - `jwt` (cargo feature `jwt`): `JwtVerifier` checks HS256, RS256 and ES256 tokens.
+//! - `jwt` (cargo feature `jwt`): `JwtVerifier` checks HS256, RS256 and ES256 tokens
+//!   against a key set (several keys, a JWKS, replaced at run time for rotation).
 //!   Refusal: [`AuthError`], usually 401 with a `WWW-Authenticate` challenge.
+//! - `replay` (feature `jwt`): where used `jti`s are remembered (`SeenSet`, or Redis).
 //!
 //! ```
 //! use wsloop::auth::{bearer, OriginPolicy};
@@ -41,12 +43,19 @@
 
 pub mod bearer;
 #[cfg(feature = "jwt")]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "jwt")]
 pub mod jwt;
 pub mod origin;
+#[cfg(feature = "jwt")]
+pub mod replay;
 
 #[cfg(feature = "jwt")]
-pub use jwt::{Alg, Claims, JwtVerifier};
+pub use jwt::{Alg, Claims, JwtVerifier, KeySet, VerifyKey};
 pub use origin::{InvalidOrigin, OriginPolicy, OriginRejected};
+#[cfg(feature = "jwt")]
+pub use replay::{ReplayStore, SeenSet};
 
 use std::fmt;
 
@@ -87,6 +96,20 @@ pub enum AuthError {
     /// for the algorithm, an RSA key under 2048 bits, an HMAC secret under 32 bytes.
     /// Only the constructors return it, at configuration time. 500.
     KeyError,
+    /// The header's `kid` names no key of the set (an unknown or a removed key). 401.
+    UnknownKey,
+    /// `iat` is missing or older than the verifier's `max_age`. 401.
+    TooOld,
+    /// `jti` is required and missing (or empty). 401.
+    MissingJti,
+    /// The token's `jti` was used before and the token has not expired: a replay. 401.
+    Replayed,
+    /// The store of used `jti`s (Redis) cannot be reached: a token that needs the check
+    /// is refused rather than let in unchecked. 503 with `Retry-After`.
+    ReplayCheckUnavailable,
+    /// The local store of used `jti`s is full of ids whose tokens have not expired: a
+    /// new token is refused rather than an id forgotten early. 503 with `Retry-After`.
+    ReplayCacheFull,
 }
 
 /// One challenge line; `$code` and `$reason` must not contain `"` or `\`.
@@ -108,6 +131,9 @@ macro_rules! refusal {
         ($status, $reason, challenge!($code, $reason))
     };
 }
+
+/// The extra header of the 503s: not a challenge, the token may be fine.
+const RETRY: &str = "Retry-After: 1\r\n";
 
 impl AuthError {
     /// The one table from error to response: status, reason, challenge header.
@@ -131,6 +157,12 @@ impl AuthError {
                 refusal!(401, "invalid_token", "token audience not accepted")
             }
             AuthError::KeyError => (500, "token verifier key unusable", ""),
+            AuthError::UnknownKey => refusal!(401, "invalid_token", "token kid names no configured key"),
+            AuthError::TooOld => refusal!(401, "invalid_token", "token iat missing or older than the maximum age"),
+            AuthError::MissingJti => refusal!(401, "invalid_token", "token has no jti claim"),
+            AuthError::Replayed => refusal!(401, "invalid_token", "token already used (jti seen before)"),
+            AuthError::ReplayCheckUnavailable => (503, "token replay check unavailable", RETRY),
+            AuthError::ReplayCacheFull => (503, "token replay cache full", RETRY),
         }
     }
 
@@ -144,11 +176,13 @@ impl AuthError {
         self.response().1
     }
 
-    /// The response's `WWW-Authenticate` header line, ending in CRLF, ready for
-    /// [`write_reject`](crate::proto::handshake::write_reject)'s `extra_headers`:
+    /// The response's extra header line, ending in CRLF, ready for
+    /// [`write_reject`](crate::proto::handshake::write_reject)'s `extra_headers`: for the
+    /// 401s and the 400, the `WWW-Authenticate` challenge,
     /// `WWW-Authenticate: Bearer realm="wsloop", error="invalid_token", error_description="..."`.
     /// Without `error` for [`AuthError::Missing`]; `invalid_request` for
-    /// [`AuthError::Ambiguous`]; empty for [`AuthError::KeyError`] (a 500).
+    /// [`AuthError::Ambiguous`]; empty for [`AuthError::KeyError`] (a 500); `Retry-After: 1`
+    /// for the 503s of the replay check.
     pub fn www_authenticate(self) -> &'static str {
         self.response().2
     }
@@ -189,7 +223,7 @@ pub(crate) fn with_request<R>(
 mod tests {
     use super::*;
 
-    const ALL: [AuthError; 12] = [
+    const ALL: [AuthError; 18] = [
         AuthError::Missing,
         AuthError::Ambiguous,
         AuthError::Malformed,
@@ -202,15 +236,28 @@ mod tests {
         AuthError::WrongIssuer,
         AuthError::WrongAudience,
         AuthError::KeyError,
+        AuthError::UnknownKey,
+        AuthError::TooOld,
+        AuthError::MissingJti,
+        AuthError::Replayed,
+        AuthError::ReplayCheckUnavailable,
+        AuthError::ReplayCacheFull,
     ];
 
     #[test]
     fn challenges_are_single_rfc6750_header_lines() {
         for e in ALL {
             let h = e.www_authenticate();
-            if e == AuthError::KeyError {
-                assert_eq!(h, "");
-                continue;
+            match e {
+                AuthError::KeyError => {
+                    assert_eq!(h, "");
+                    continue;
+                }
+                AuthError::ReplayCheckUnavailable | AuthError::ReplayCacheFull => {
+                    assert_eq!(h, "Retry-After: 1\r\n");
+                    continue;
+                }
+                _ => {}
             }
             assert!(h.starts_with("WWW-Authenticate: Bearer realm=\"wsloop\""), "{e:?}: {h}");
             assert!(h.ends_with("\r\n") && h.matches("\r\n").count() == 1, "{e:?}");
@@ -236,6 +283,7 @@ mod tests {
             let want = match e {
                 AuthError::Ambiguous => 400,
                 AuthError::KeyError => 500,
+                AuthError::ReplayCheckUnavailable | AuthError::ReplayCacheFull => 503,
                 _ => 401,
             };
             assert_eq!(e.status(), want, "{e:?}");

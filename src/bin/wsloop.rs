@@ -8,7 +8,7 @@ mod cli;
 #[path = "wsloop/logging.rs"]
 mod logging;
 
-use args::{Mode, RedisSetup};
+use args::{KeyFiles, Mode, RedisSetup};
 use std::process::ExitCode;
 use wsloop::server::{Echo, Rooms, Server};
 
@@ -48,12 +48,13 @@ fn main() -> ExitCode {
         }
     };
     let handle = server.handle();
-    install_signal_handlers(handle.clone());
+    let keys = args.key_files.clone().zip(args.cfg.jwt.clone());
+    install_signal_handlers(handle.clone(), keys);
     if let Some(a) = server.admin_addr() {
         log::info!(admin:% = a; "admin: http://{a}/metrics and /healthz");
     }
-    if args.cfg.jwt.is_some() {
-        log::info!("JWT required on every path");
+    if let Some(v) = &args.cfg.jwt {
+        log::info!("JWT required on every path: {} keys (SIGHUP re-reads them)", v.keys().keys().len());
     }
     let (mode, addr, workers) = (args.mode.name(), server.local_addr(), args.cfg.workers);
     // Tests and scripts read the address from this line: "listening on ws://ADDR".
@@ -74,10 +75,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGTERM/SIGINT: graceful shutdown; a second one exits at once.
-fn install_signal_handlers(handle: wsloop::Handle) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+/// SIGHUP: re-reads every JWT key file and the JWKS. The new set replaces the old one
+/// whole, or, when any file fails, not at all: the old keys stay and the reason is
+/// logged. Open connections are not touched (their expiry timers stand).
+fn reload_keys(keys: &Option<(KeyFiles, std::sync::Arc<wsloop::auth::JwtVerifier>)>) {
+    let Some((files, verifier)) = keys else {
+        return;
+    };
+    match files.load() {
+        Ok(set) => {
+            let n = set.keys().len();
+            verifier.replace_keys(set);
+            log::info!(keys = n; "SIGHUP: JWT keys reloaded, {n} keys in use");
+        }
+        Err(e) => log::error!("SIGHUP: JWT keys not reloaded, the previous keys stay in use: {e}"),
+    }
+}
+
+/// SIGTERM/SIGINT: graceful shutdown; a second one exits at once. SIGHUP: reloads.
+fn install_signal_handlers(
+    handle: wsloop::Handle,
+    keys: Option<(KeyFiles, std::sync::Arc<wsloop::auth::JwtVerifier>)>,
+) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             log::warn!("cannot install signal handlers: {e}");
@@ -89,6 +110,10 @@ fn install_signal_handlers(handle: wsloop::Handle) {
         .spawn(move || {
             let mut seen = false;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    reload_keys(&keys);
+                    continue;
+                }
                 if seen {
                     log::warn!(signal = sig; "second signal ({sig}): exiting now");
                     std::process::exit(1);

@@ -41,9 +41,13 @@ mod driver;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "jwt")]
+mod jti;
 mod resp;
 
 pub use config::{RedisConfig, SubscribeMode};
+#[cfg(feature = "jwt")]
+pub use jti::RedisReplayStore;
 
 use crate::server::{Bridge, Message, Publisher};
 use std::collections::HashSet;

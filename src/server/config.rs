@@ -86,7 +86,9 @@ pub struct Config {
     pub accept_pause: Duration,
     /// Which `Origin` headers are let in (default: same host as `Host`). Refusal: 403.
     pub origin_policy: OriginPolicy,
-    /// Require a valid JWT on every upgrade (default: none). Refusal: 401.
+    /// Require a valid JWT on every upgrade (default: none). Refusal: 401 (503 when its
+    /// `jti` replay check cannot be made). Its key set can be replaced while the server
+    /// runs ([`JwtVerifier::replace_keys`]; the binary does it on SIGHUP).
     #[cfg(feature = "jwt")]
     pub jwt: Option<Arc<JwtVerifier>>,
     /// Close a connection with 1008 when its token's `exp` passes (default true; only

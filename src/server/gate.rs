@@ -23,7 +23,9 @@ pub enum Refusal {
     MaxConnsPerIp,
     /// Not a valid upgrade request: 400, 405, 426 or 431 by the error.
     BadHandshake(HandshakeError),
-    /// No valid token: 401 with `WWW-Authenticate` (400 for an ambiguous token).
+    /// No valid token: 401 with `WWW-Authenticate` (400 for an ambiguous token); 503 with
+    /// `Retry-After` when the `jti` replay check cannot be made (store unreachable or
+    /// full), counted under its own label `replay_check`.
     Auth(AuthError),
     /// The `Origin` policy: 403.
     Origin(OriginRejected),
@@ -37,8 +39,17 @@ pub enum Refusal {
 
 impl Refusal {
     /// Metric labels, by [`Refusal::index`].
-    pub const LABELS: [&'static str; 8] =
-        ["max_conns", "max_conns_per_ip", "bad_handshake", "auth", "origin", "application", "draining", "internal"];
+    pub const LABELS: [&'static str; 9] = [
+        "max_conns",
+        "max_conns_per_ip",
+        "bad_handshake",
+        "auth",
+        "origin",
+        "application",
+        "draining",
+        "internal",
+        "replay_check",
+    ];
 
     /// The one mapping: status, reason, extra header lines (each ending in CRLF), index
     /// of the metric label.
@@ -48,6 +59,9 @@ impl Refusal {
             Refusal::MaxConns => (503, "server busy, try again later".into(), BUSY.into(), 0),
             Refusal::MaxConnsPerIp => (503, "too many connections from this address".into(), BUSY.into(), 1),
             Refusal::BadHandshake(e) => (e.status(), e.reason().into(), "".into(), 2),
+            Refusal::Auth(e @ (AuthError::ReplayCheckUnavailable | AuthError::ReplayCacheFull)) => {
+                (e.status(), e.reason().into(), e.www_authenticate().into(), 8)
+            }
             Refusal::Auth(e) => (e.status(), e.reason().into(), e.www_authenticate().into(), 3),
             Refusal::Origin(e) => (e.status(), e.reason().into(), "".into(), 4),
             Refusal::Application(r) => {
@@ -116,17 +130,23 @@ pub(super) fn handshake<H: Handler>(
         }
     };
     let (req, head_len) = req;
-    let claims = match check(ctx, &req) {
-        Ok(claims) => claims,
-        Err(refusal) => {
-            refuse(conn, ctx, key, refusal, false);
-            return data.len();
-        }
-    };
+    if let Err(e) = ctx.cfg.origin_policy.check(&req) {
+        refuse(conn, ctx, key, Refusal::Origin(e), false);
+        return data.len();
+    }
+    // Admission before the token: a token's `jti` is used up by a successful check, so
+    // a refusal for capacity must come first, or the client's retry would be a replay.
     if let Err(refusal) = ctx.shared.admit(conn.meta.ip()) {
         refuse(conn, ctx, key, refusal, false);
         return data.len();
     }
+    let claims = match check_token(ctx, &req) {
+        Ok(claims) => claims,
+        Err(refusal) => {
+            refuse(conn, ctx, key, refusal, true);
+            return data.len();
+        }
+    };
     let expires = claims.as_ref().and_then(|c| expiry_tick(ctx, c));
     ctx.claims = claims;
     let mut c = Connection { core: conn.session.core(), ctx: &mut *ctx, meta: &mut conn.meta, key };
@@ -184,14 +204,15 @@ fn refuse<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, key: u32, refusal: Refu
     ctx.mark_dirty(&mut conn.meta, key);
 }
 
-/// The server's own checks before `on_open`: origin policy (403), then the token (401).
-/// `Ok` carries the verified claims when JWT auth is on.
-fn check(ctx: &Ctx, req: &Request<'_, '_>) -> Result<Option<Claims>, Refusal> {
-    ctx.cfg.origin_policy.check(req).map_err(Refusal::Origin)?;
+/// The token (401; 503 when its replay check cannot be made), the last of the server's
+/// checks before `on_open`. `Ok` carries the verified claims when JWT auth is on.
+fn check_token(ctx: &Ctx, req: &Request<'_, '_>) -> Result<Option<Claims>, Refusal> {
     #[cfg(feature = "jwt")]
     if let Some(v) = &ctx.cfg.jwt {
         return v.verify_request(req, unix_now()).map(Some).map_err(Refusal::Auth);
     }
+    #[cfg(not(feature = "jwt"))]
+    let _ = (ctx, req);
     Ok(None)
 }
 
@@ -228,6 +249,10 @@ mod tests {
             (Refusal::BadHandshake(HandshakeError::MethodNotAllowed), 405, "bad_handshake"),
             (Refusal::BadHandshake(HandshakeError::HeadersTooLarge), 431, "bad_handshake"),
             (Refusal::Auth(AuthError::Missing), 401, "auth"),
+            (Refusal::Auth(AuthError::Replayed), 401, "auth"),
+            (Refusal::Auth(AuthError::UnknownKey), 401, "auth"),
+            (Refusal::Auth(AuthError::ReplayCheckUnavailable), 503, "replay_check"),
+            (Refusal::Auth(AuthError::ReplayCacheFull), 503, "replay_check"),
             (Refusal::Origin(OriginRejected::CrossOrigin), 403, "origin"),
             (Refusal::Application(Reject::new(404, "no such room")), 404, "application"),
             (Refusal::Draining, 503, "draining"),

@@ -85,7 +85,7 @@ pub struct WorkerMetrics {
     /// Connections upgraded and currently open (gauge).
     pub open: Counter,
     /// Connections refused, by [`Refusal::LABELS`](super::Refusal::LABELS) index.
-    pub rejected: [Counter; 8],
+    pub rejected: [Counter; 9],
     /// Failed handshakes, by [`HANDSHAKE_STATUSES`] index.
     pub handshake_failed: [Counter; 10],
     /// Data messages received.

@@ -31,3 +31,4 @@ rs=$(openssl asn1parse -inform DER -in es256.der | awk -F: '/INTEGER/ { printf "
 rm es256.der
 sig=$(printf '%s' "$rs" | xxd -r -p | b64url)
 printf '%s\n' "$header.$payload.$sig" > es256-openssl.jwt
+# jwks.json: the public halves of rs256-public.pem and es256-public.pem and the unit tests' HS256 secret, as a JWKS (written with openssl and python3 once).

@@ -5,10 +5,10 @@
 
 use crate::cli::{self, count, secs, Exit, Secs};
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::net::SocketAddr;
 use wsloop::auth::jwt::{KeyError, MIN_SECRET_LEN};
-use wsloop::auth::{Alg, JwtVerifier, OriginPolicy};
+use wsloop::auth::{Alg, JwtVerifier, KeySet, OriginPolicy, VerifyKey};
 use wsloop::server::{AcceptMode, BackpressurePolicy, Config};
 
 /// Longest duration any seconds flag accepts (about 31 years).
@@ -93,6 +93,7 @@ pub enum LogFormat {
 /// Every flag can also be set through the environment variable shown with it; the
 /// command line wins. Seconds may be fractional. Log level: RUST_LOG=info (default),
 /// debug, warn, ... SIGTERM/SIGINT drain gracefully; a second signal exits at once.
+/// SIGHUP re-reads the JWT key files and the JWKS (a file that fails keeps the old keys).
 #[derive(Parser, Debug)]
 #[command(name = "wsloop", version, args_override_self = true, max_term_width = 100)]
 pub struct Cli {
@@ -146,13 +147,16 @@ pub struct Cli {
     /// comma-separated origins (scheme://host[:port]) or *; else 403 (default: same host as the Host header)
     #[arg(long, value_name = "LIST", value_parser = origin_list)]
     pub allow_origin: Option<OriginPolicy>,
-    /// require an HS256 JWT signed with the secret in PATH (else 401) (default: off)
+    /// require a JWT; an HS256 secret in PATH, optionally named KID=PATH; repeatable (default: off)
+    #[arg(long, value_name = "[KID=]PATH", action = ArgAction::Append, value_delimiter = ',')]
+    pub jwt_secret_file: Vec<String>,
+    /// require a JWT; a PEM public key of --jwt-alg, optionally named KID=PATH; repeatable (default: off)
+    #[arg(long, value_name = "[KID=]PATH", action = ArgAction::Append, value_delimiter = ',')]
+    pub jwt_public_key: Vec<String>,
+    /// require a JWT; the keys of the JSON Web Key Set in PATH (kty oct, RSA, EC P-256) (default: off)
     #[arg(long, value_name = "PATH")]
-    pub jwt_secret_file: Option<String>,
-    /// require a JWT verified with this PEM public key, with --jwt-alg (default: off)
-    #[arg(long, value_name = "PATH")]
-    pub jwt_public_key: Option<String>,
-    /// the algorithm: RS256 or ES256 with --jwt-public-key, HS256 with --jwt-secret-file (default: off)
+    pub jwt_jwks: Option<String>,
+    /// the algorithm of the --jwt-public-key keys: RS256 or ES256 (default: off)
     #[arg(long, value_name = "ALG", value_enum, ignore_case = true)]
     pub jwt_alg: Option<JwtAlg>,
     /// required `iss` claim (default: off)
@@ -161,10 +165,16 @@ pub struct Cli {
     /// required `aud` claim (default: off)
     #[arg(long, value_name = "AUD")]
     pub jwt_audience: Option<String>,
+    /// tokens must carry `jti`; a jti already used is refused (401) until its token expires (default: off)
+    #[arg(long)]
+    pub jwt_require_jti: bool,
+    /// refuse a token whose `iat` is missing or older than SECS (default: off)
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS))]
+    pub jwt_max_age: Option<Secs>,
     /// serve GET /metrics and GET /healthz (503 while draining) on ADDR (default: off)
     #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
     pub admin_listen: Option<SocketAddr>,
-    /// rooms only: share rooms with other nodes through Redis pub/sub, redis://[:password@]host[:port]/ (default: off)
+    /// redis://[:password@]host[:port]/: rooms shared with other nodes (pub/sub), and the --jwt-require-jti check (default: off)
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
     /// how a node subscribes to the rooms' channels, with --redis
@@ -221,7 +231,10 @@ pub struct Args {
     pub mode: Mode,
     pub listen: String,
     pub cfg: Config,
+    /// The pub/sub bridge: rooms with --redis.
     pub redis: Option<RedisSetup>,
+    /// Where the JWT keys come from, re-read on SIGHUP.
+    pub key_files: Option<KeyFiles>,
     pub log_format: LogFormat,
 }
 
@@ -281,10 +294,23 @@ impl Args {
             let problem = e.problem.replace("idle_timeout (", "--idle-timeout (");
             format!("--{} {problem}", e.field.replace('_', "-"))
         })?;
-        cfg.jwt = jwt_verifier(&c)?.map(std::sync::Arc::new);
-        push_flags(&c, m, &mut cfg)?;
         let redis = redis_config(&c, m, cfg.max_message)?;
-        Ok(Args { mode: c.mode, listen: c.listen, cfg, redis, log_format: c.log_format })
+        let (key_files, verifier) = match jwt_verifier(&c)? {
+            Some((files, v)) => (Some(files), Some(v)),
+            None => (None, None),
+        };
+        #[cfg(feature = "redis")]
+        let verifier = match (&redis, verifier) {
+            (Some(r), Some(v)) if c.jwt_require_jti => {
+                Some(v.replay_store(std::sync::Arc::new(wsloop::redis::RedisReplayStore::new(r))))
+            }
+            (_, v) => v,
+        };
+        cfg.jwt = verifier.map(std::sync::Arc::new);
+        push_flags(&c, m, &mut cfg)?;
+        // Echo has no rooms to share: --redis serves the jti check only.
+        let bridge = if c.mode == Mode::Rooms { redis } else { None };
+        Ok(Args { mode: c.mode, listen: c.listen, cfg, redis: bridge, key_files, log_format: c.log_format })
     }
 }
 
@@ -323,60 +349,113 @@ fn push_flags(c: &Cli, m: &ArgMatches, cfg: &mut Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The JWT flags together: which key, which algorithm, the claims.
-fn jwt_verifier(c: &Cli) -> Result<Option<JwtVerifier>, String> {
-    let read = |flag: &str, path: &str| {
-        std::fs::read(path).map_err(|e| format!("{flag} {path}: cannot read the file: {}", io_reason(&e)))
-    };
-    let v = match (&c.jwt_secret_file, &c.jwt_public_key) {
-        (Some(_), Some(_)) => return Err("--jwt-secret-file cannot be used with --jwt-public-key: give one key".into()),
-        (Some(path), None) => {
-            if c.jwt_alg.is_some_and(|a| a != JwtAlg::Hs256) {
-                return Err("--jwt-secret-file is an HS256 secret: --jwt-alg must be HS256 or absent".into());
-            }
+/// The key flags: every file the key set is read from, read again on SIGHUP.
+#[derive(Clone, Debug)]
+pub struct KeyFiles {
+    /// `(kid, path)` of each --jwt-secret-file.
+    secrets: Vec<(Option<String>, String)>,
+    /// `(kid, path)` of each --jwt-public-key, all of `alg`.
+    public_keys: Vec<(Option<String>, String)>,
+    alg: Option<Alg>,
+    jwks: Option<String>,
+}
+
+/// `KID=PATH` or `PATH`: a `=` before any `/` names the key.
+fn kid_and_path(v: &str) -> (Option<String>, String) {
+    match v.split_once('=') {
+        Some((kid, path)) if !kid.is_empty() && !kid.contains('/') => (Some(kid.to_string()), path.to_string()),
+        _ => (None, v.to_string()),
+    }
+}
+
+impl KeyFiles {
+    /// Reads every file into one key set; any file that cannot be read or holds a key
+    /// that is unusable fails the whole set, with the flag, the file and the reason.
+    pub fn load(&self) -> Result<KeySet, String> {
+        let read = |flag: &str, path: &str| {
+            std::fs::read(path).map_err(|e| format!("{flag} {path}: cannot read the file: {}", io_reason(&e)))
+        };
+        let text = |flag: &str, path: &str| {
+            String::from_utf8(read(flag, path)?).map_err(|_| format!("{flag} {path}: not a text file (not UTF-8)"))
+        };
+        let named = |key: VerifyKey, kid: &Option<String>| match kid {
+            Some(k) => key.with_kid(k.clone()),
+            None => key,
+        };
+        let mut keys = Vec::new();
+        for (kid, path) in &self.secrets {
             let mut secret = read("--jwt-secret-file", path)?;
             // A trailing newline from `echo secret > file` is not part of the secret.
             while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 secret.pop();
             }
-            JwtVerifier::from_secret(&secret).map_err(|e| match e {
+            let key = VerifyKey::secret(&secret).map_err(|e| match e {
                 KeyError::SecretTooShort { len } => format!(
                     "--jwt-secret-file {path}: the file has {len} bytes (not counting a final newline); RFC 7518 \
                      section 3.2 requires at least {MIN_SECRET_LEN} bytes for an HS256 secret"
                 ),
                 e => format!("--jwt-secret-file {path}: {e}"),
-            })?
+            })?;
+            keys.push(named(key, kid));
         }
-        (None, Some(path)) => {
-            let alg = match c.jwt_alg {
-                Some(JwtAlg::Rs256) => Alg::Rs256,
-                Some(JwtAlg::Es256) => Alg::Es256,
-                Some(JwtAlg::Hs256) => {
-                    return Err("--jwt-alg HS256 takes a secret (--jwt-secret-file), not --jwt-public-key".into())
-                }
-                None => return Err("--jwt-public-key needs --jwt-alg RS256 or ES256".into()),
-            };
-            let pem = String::from_utf8(read("--jwt-public-key", path)?)
-                .map_err(|_| format!("--jwt-public-key {path}: not a PEM text file (it is not UTF-8)"))?;
-            JwtVerifier::from_public_key_pem(&pem, alg).map_err(|e| format!("--jwt-public-key {path}: {e}"))?
+        for (kid, path) in &self.public_keys {
+            let alg = self.alg.unwrap_or(Alg::Rs256);
+            let pem = text("--jwt-public-key", path)?;
+            let key = VerifyKey::public_key_pem(&pem, alg).map_err(|e| format!("--jwt-public-key {path}: {e}"))?;
+            keys.push(named(key, kid));
         }
-        (None, None) => {
-            if c.jwt_alg.is_some() || c.jwt_issuer.is_some() || c.jwt_audience.is_some() {
-                return Err(
-                    "--jwt-alg, --jwt-issuer and --jwt-audience need --jwt-secret-file or --jwt-public-key".into()
-                );
-            }
-            return Ok(None);
+        if let Some(path) = &self.jwks {
+            let set = KeySet::from_jwks(&text("--jwt-jwks", path)?).map_err(|e| format!("--jwt-jwks {path}: {e}"))?;
+            keys.extend(set.keys().iter().cloned());
         }
+        KeySet::new(keys).map_err(|e| format!("JWT keys: {e}"))
+    }
+}
+
+/// The JWT flags together: which keys, which algorithm, the claims.
+fn jwt_verifier(c: &Cli) -> Result<Option<(KeyFiles, JwtVerifier)>, String> {
+    if c.jwt_secret_file.is_empty() && c.jwt_public_key.is_empty() && c.jwt_jwks.is_none() {
+        if c.jwt_alg.is_some()
+            || c.jwt_issuer.is_some()
+            || c.jwt_audience.is_some()
+            || c.jwt_require_jti
+            || c.jwt_max_age.is_some()
+        {
+            return Err("--jwt-alg, --jwt-issuer, --jwt-audience, --jwt-require-jti and --jwt-max-age need \
+                        --jwt-secret-file, --jwt-public-key or --jwt-jwks"
+                .into());
+        }
+        return Ok(None);
+    }
+    let alg = match (c.jwt_alg, c.jwt_public_key.is_empty()) {
+        (Some(JwtAlg::Hs256), false) => {
+            return Err("--jwt-alg HS256 takes a secret (--jwt-secret-file), not --jwt-public-key".into())
+        }
+        (None, false) => return Err("--jwt-public-key needs --jwt-alg RS256 or ES256".into()),
+        (Some(a), true) if a != JwtAlg::Hs256 => {
+            return Err("--jwt-secret-file is an HS256 secret: --jwt-alg must be HS256 or absent".into())
+        }
+        (Some(JwtAlg::Rs256), false) => Some(Alg::Rs256),
+        (Some(JwtAlg::Es256), false) => Some(Alg::Es256),
+        _ => None,
     };
-    let mut v = v;
+    let files = KeyFiles {
+        secrets: c.jwt_secret_file.iter().map(|v| kid_and_path(v)).collect(),
+        public_keys: c.jwt_public_key.iter().map(|v| kid_and_path(v)).collect(),
+        alg,
+        jwks: c.jwt_jwks.clone(),
+    };
+    let mut v = JwtVerifier::from_keys(files.load()?);
     if let Some(iss) = &c.jwt_issuer {
         v = v.issuer(iss.clone());
     }
     if let Some(aud) = &c.jwt_audience {
         v = v.audience(aud.clone());
     }
-    Ok(Some(v))
+    if let Some(age) = &c.jwt_max_age {
+        v = v.max_age(age.0);
+    }
+    Ok(Some((files, v.require_jti(c.jwt_require_jti))))
 }
 
 /// "No such file or directory (os error 2)" without the errno part.
@@ -404,8 +483,10 @@ fn redis_config(c: &Cli, m: &ArgMatches, max_message: usize) -> Result<Option<Re
         }
         return Ok(None);
     };
-    if c.mode != Mode::Rooms {
-        return Err("--redis works with `rooms` only: echo has nothing to share between nodes".into());
+    if c.mode != Mode::Rooms && !c.jwt_require_jti {
+        return Err(
+            "--redis with echo shares the --jwt-require-jti check only: add --jwt-require-jti, or use rooms".into()
+        );
     }
     #[cfg(not(feature = "redis"))]
     {
@@ -478,7 +559,8 @@ mod tests {
     #[test]
     fn redis_flags() {
         assert!(args("rooms").unwrap().redis.is_none());
-        assert!(args("echo --redis redis://127.0.0.1:6379/").is_err());
+        let e = args("echo --redis redis://127.0.0.1:6379/").err().unwrap();
+        assert!(e.contains("add --jwt-require-jti"), "{e}");
         assert!(args("rooms --redis-mode pattern").err().unwrap().contains("need --redis"));
         let r = args("rooms --redis redis://127.0.0.1:6379/");
         #[cfg(feature = "redis")]
@@ -517,11 +599,47 @@ mod tests {
     #[test]
     fn jwt_flag_combinations() {
         let e = |s: &str| args(s).err().unwrap();
-        assert!(e("echo --jwt-alg RS256").contains("need --jwt-secret-file or --jwt-public-key"));
+        assert!(e("echo --jwt-alg RS256").contains("need --jwt-secret-file, --jwt-public-key or --jwt-jwks"));
         assert!(e("echo --jwt-public-key /nonexistent").contains("needs --jwt-alg"));
         let missing = e("echo --jwt-public-key /nonexistent/k.pem --jwt-alg es256");
         assert_eq!(missing, "--jwt-public-key /nonexistent/k.pem: cannot read the file: No such file or directory");
-        assert!(e("echo --jwt-secret-file a --jwt-public-key b").contains("cannot be used with"));
         assert!(e("echo --jwt-secret-file a --jwt-alg ES256").contains("must be HS256"));
+        assert!(e("echo --jwt-require-jti").contains("need --jwt-secret-file, --jwt-public-key or --jwt-jwks"));
+        assert!(e("echo --jwt-max-age 60").contains("need --jwt-secret-file"));
+        let missing = e("echo --jwt-jwks /nonexistent/keys.json");
+        assert_eq!(missing, "--jwt-jwks /nonexistent/keys.json: cannot read the file: No such file or directory");
+    }
+
+    #[test]
+    fn several_keys_named_by_kid_and_the_jti_flags() {
+        let dir = std::env::temp_dir().join(format!("wsloop-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.key"), dir.join("b.key"));
+        std::fs::write(&a, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::write(&b, "fedcba9876543210fedcba9876543210").unwrap();
+        let es = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/es256-public.pem");
+        let line = format!(
+            "echo --jwt-secret-file old={} --jwt-secret-file {} --jwt-public-key ec1={es} --jwt-alg ES256 \
+             --jwt-require-jti --jwt-max-age 300",
+            a.display(),
+            b.display()
+        );
+        let parsed = args(&line).unwrap();
+        let v = parsed.cfg.jwt.unwrap();
+        let keys: Vec<_> = v.keys().keys().iter().map(|k| (k.kid().map(str::to_owned), k.alg())).collect();
+        assert_eq!(keys, [(Some("old".into()), Alg::Hs256), (None, Alg::Hs256), (Some("ec1".into()), Alg::Es256)]);
+        let shown = format!("{v:?}");
+        assert!(shown.contains("max_age_secs: Some(300)") && shown.contains("SeenSet"), "{shown}");
+        // The same kid twice is refused.
+        let dup = format!("echo --jwt-secret-file k={} --jwt-secret-file k={}", a.display(), b.display());
+        assert!(args(&dup).err().unwrap().contains("two keys have kid \"k\""));
+        #[cfg(feature = "redis")]
+        {
+            let line = format!("echo --jwt-secret-file {} --jwt-require-jti --redis redis://127.0.0.1:1/", a.display());
+            let parsed = args(&line).unwrap();
+            assert!(parsed.redis.is_none(), "echo has no pub/sub bridge");
+            assert!(format!("{:?}", parsed.cfg.jwt.unwrap()).contains("RedisReplayStore"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
