@@ -4,7 +4,9 @@
 //! metric label.
 
 use super::conn::Conn;
-use super::connection::{to_ticks, Claims, Connection, Ctx};
+#[cfg(feature = "jwt")]
+use super::connection::to_ticks;
+use super::connection::{Claims, Connection, Ctx};
 use super::handler::{Handler, Reject};
 use crate::auth::{AuthError, OriginRejected};
 use crate::buf::Ring;
