@@ -10,6 +10,8 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
 # promtool: tests/metrics_promtool.rs and tests/deploy_monitoring.rs (rules check and test).
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
+# openssl: tests/tls.rs makes its test CA and certificates with it, and uses s_client.
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"
   # Another apt or dpkg may be running on a shared machine: wait for its lock (up to

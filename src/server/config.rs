@@ -94,8 +94,15 @@ pub struct Config {
     /// with `jwt`).
     #[cfg(feature = "jwt")]
     pub close_on_token_expiry: bool,
-    /// Serve `GET /metrics` and `GET /healthz` on this address (default: off).
+    /// Serve `GET /metrics` and `GET /healthz` on this address (default: off). The
+    /// admin listener is always plain http, also when `tls` is set.
     pub admin_listen: Option<SocketAddr>,
+    /// Serve wss:// only on the main listener with this rustls configuration (default:
+    /// off, ws://). [`CertStore::server_config`](crate::tls::CertStore::server_config)
+    /// makes one from PEM files; pass your own for SNI, client certificates or another
+    /// resolver. The handshake timeout covers the TLS handshake.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<crate::tls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -129,6 +136,8 @@ impl Default for Config {
             #[cfg(feature = "jwt")]
             close_on_token_expiry: true,
             admin_listen: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

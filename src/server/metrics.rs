@@ -125,6 +125,9 @@ pub struct WorkerMetrics {
     pub handle_latency_sum_ns: Counter,
     /// Rate limit closes.
     pub rate_limited: Counter,
+    /// Failed TLS handshakes, by [`TlsFailure::ALL`](crate::tls::TlsFailure::ALL) index.
+    #[cfg(feature = "tls")]
+    pub tls_failures: [Counter; 9],
 }
 
 impl WorkerMetrics {

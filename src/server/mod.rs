@@ -43,6 +43,8 @@ mod pubsub;
 mod shared;
 mod sock;
 pub(crate) mod timer;
+#[cfg(feature = "tls")]
+mod tls_io;
 mod worker;
 
 pub use apps::{room_of, Echo, Rooms};

@@ -165,6 +165,12 @@ pub struct Cli {
     /// the Redis channel of room R is PREFIX + R, with --redis
     #[arg(long, value_name = "PREFIX", default_value = "wsloop:")]
     pub redis_prefix: String,
+    /// serve wss:// only with this PEM certificate chain (leaf first); SIGHUP reloads it; the admin listener stays http (default: off)
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<String>,
+    /// the PEM private key of --tls-cert (PKCS#8, SEC1 or PKCS#1; ECDSA, RSA or Ed25519) (default: off)
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<String>,
     /// log line format; json is for log shippers
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -203,7 +209,15 @@ pub struct Args {
     pub cfg: Config,
     pub redis: Option<RedisSetup>,
     pub log_format: LogFormat,
+    /// The certificate files, for SIGHUP (with --tls-cert).
+    pub tls: Option<TlsSetup>,
 }
+
+/// What SIGHUP reloads (`wsloop::tls::CertStore` when built with the `tls` feature).
+#[cfg(feature = "tls")]
+pub type TlsSetup = std::sync::Arc<wsloop::tls::CertStore>;
+#[cfg(not(feature = "tls"))]
+pub type TlsSetup = std::convert::Infallible;
 
 /// The clap command with its `WSLOOP_*` variables.
 pub fn command() -> clap::Command {
@@ -263,7 +277,12 @@ impl Args {
         })?;
         cfg.jwt = jwt_verifier(&c)?.map(std::sync::Arc::new);
         let redis = redis_config(&c, m, cfg.max_message)?;
-        Ok(Args { mode: c.mode, listen: c.listen, cfg, redis, log_format: c.log_format })
+        let tls = tls_store(&c)?;
+        #[cfg(feature = "tls")]
+        {
+            cfg.tls = tls.as_ref().map(|s| s.server_config());
+        }
+        Ok(Args { mode: c.mode, listen: c.listen, cfg, redis, log_format: c.log_format, tls })
     }
 }
 
@@ -321,6 +340,28 @@ fn jwt_verifier(c: &Cli) -> Result<Option<JwtVerifier>, String> {
         v = v.audience(aud.clone());
     }
     Ok(Some(v))
+}
+
+/// --tls-cert and --tls-key together, both files read and checked.
+fn tls_store(c: &Cli) -> Result<Option<TlsSetup>, String> {
+    let (cert, key) = match (&c.tls_cert, &c.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+    };
+    #[cfg(feature = "tls")]
+    {
+        wsloop::tls::CertStore::load(cert, key).map(Some).map_err(|e| {
+            let flag = if e.file == wsloop::tls::TlsFile::Cert { "--tls-cert" } else { "--tls-key" };
+            format!("{flag} {e}")
+        })
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key);
+        Err("--tls-cert: built without tls (cargo feature `tls`)".into())
+    }
 }
 
 /// "No such file or directory (os error 2)" without the errno part.
