@@ -210,6 +210,31 @@ fn bad_input_ends_cleanly_and_is_counted() {
 }
 
 #[test]
+fn a_renegotiation_attempt_is_refused_and_counted() {
+    let dir = make_cert("reneg", "ec");
+    let (server, _store) = tls_server(&dir, Config::default());
+    // s_client's "R" line asks for a TLS 1.2 renegotiation.
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-tls1_2", "-connect", &server.addr.to_string(), "-CAfile"])
+        .arg(dir.join("ca.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(b"R\n");
+    let total = || TlsFailure::ALL.iter().map(|r| failures(&server, *r)).sum::<u64>();
+    assert!(wait_until(Duration::from_secs(5), || total() == 1), "counted once: {}", total());
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("no renegotiation") || !out.status.success(), "{text}");
+    assert_eq!(server.handle().open_connections(), 0);
+}
+
+#[test]
 fn handshake_timeout_covers_a_stalled_client_hello() {
     let dir = make_cert("timeout", "ec");
     let cfg = Config { handshake_timeout: Duration::from_millis(300), ..Config::default() };

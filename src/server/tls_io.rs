@@ -66,7 +66,10 @@ impl<H: Handler> Worker<H> {
                         let _ = t.tls.write_tls(&mut Sock(&conn.meta.stream));
                         let reason = TlsFailure::of(&e);
                         log::debug!("TLS from {}: {e} ({})", conn.meta.ip(), reason.label());
-                        failed(ctx, reason);
+                        // Counted after the handshake too: a refused renegotiation (rustls
+                        // answers no_renegotiation, the client's fatal alert follows) is a
+                        // handshake that failed.
+                        ctx.metrics.tls_failures[reason.index()].inc();
                         conn.session.handle_reset();
                         self.end(key);
                         return;
