@@ -21,8 +21,11 @@ use wsloop::tls::{CertStore, TlsFailure};
 fn make_cert(tag: &str, kind: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wsloop-tls-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let newkey: &[&str] =
-        if kind == "rsa" { &["-newkey", "rsa:2048"] } else { &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] };
+    let newkey: &[&str] = if kind == "rsa" {
+        &["-newkey", "rsa:2048"]
+    } else {
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    };
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
             .current_dir(&dir)
@@ -31,14 +34,28 @@ fn make_cert(tag: &str, kind: &str) -> PathBuf {
             .expect("openssl (Debian package openssl) must be installed");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    let ca = &["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=wsloop test CA", "-keyout", "ca.key", "-out", "ca.pem"];
+    let ca =
+        &["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=wsloop test CA", "-keyout", "ca.key", "-out", "ca.pem"];
     openssl(&[&ca[..2], newkey, &ca[2..]].concat());
     let csr = &["req", "-new", "-nodes", "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"];
     openssl(&[&csr[..2], newkey, &csr[2..]].concat());
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
     openssl(&[
-        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "ext.cnf", "-out", "leaf.pem",
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "leaf.pem",
     ]);
     let chain = [std::fs::read(dir.join("leaf.pem")).unwrap(), std::fs::read(dir.join("ca.pem")).unwrap()].concat();
     std::fs::write(dir.join("cert.pem"), chain).unwrap();
@@ -189,7 +206,7 @@ fn bad_input_ends_cleanly_and_is_counted() {
     let mut big = Vec::new();
     let len: u32 = 0x20000;
     let mut body = vec![0x01, (len >> 16) as u8, (len >> 8) as u8, len as u8];
-    body.extend(std::iter::repeat(0u8).take(len as usize));
+    body.extend(std::iter::repeat_n(0u8, len as usize));
     for chunk in body.chunks(16384) {
         big.extend([0x16, 0x03, 0x01, (chunk.len() >> 8) as u8, chunk.len() as u8]);
         big.extend(chunk);
