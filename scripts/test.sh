@@ -12,6 +12,8 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
 # tests/browser.rs: headless Chromium driven by playwright-core (npm, below).
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+# openssl: tests/tls.rs makes its test CA and certificates with it, and uses s_client.
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"
   # Another apt or dpkg may be running on a shared machine: wait for its lock (up to

@@ -18,6 +18,8 @@ pub mod proto;
 pub mod redis;
 pub mod server;
 pub mod session;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use proto::CloseCode;
 pub use server::{Config, Connection, Handle, Handler, Message, Server};

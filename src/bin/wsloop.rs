@@ -50,6 +50,8 @@ fn main() -> ExitCode {
     let handle = server.handle();
     let keys = args.key_files.clone().zip(args.cfg.jwt.clone());
     install_signal_handlers(handle.clone(), keys);
+    let scheme = if args.tls.is_some() { "wss" } else { "ws" };
+    install_reload(args.tls.clone());
     if let Some(a) = server.admin_addr() {
         log::info!(admin:% = a; "admin: http://{a}/metrics and /healthz");
     }
@@ -57,8 +59,9 @@ fn main() -> ExitCode {
         log::info!("JWT required on every path: {} keys (SIGHUP re-reads them)", v.keys().keys().len());
     }
     let (mode, addr, workers) = (args.mode.name(), server.local_addr(), args.cfg.workers);
-    // Tests and scripts read the address from this line: "listening on ws://ADDR".
-    log::info!(mode, listen:% = addr, workers; "wsloop {mode} listening on ws://{addr} with {workers} workers");
+    // Tests and scripts read the address from this line: "listening on ws://ADDR" (wss://
+    // with --tls-cert; the admin listener stays plain http).
+    log::info!(mode, listen:% = addr, workers; "wsloop {mode} listening on {scheme}://{addr} with {workers} workers");
     let result = match args.mode {
         Mode::Echo => server.run(|_| Echo),
         Mode::Rooms => server.run(|_| Rooms),
@@ -73,6 +76,37 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// SIGHUP: reload --tls-cert and --tls-key; new handshakes use the new pair, open
+/// connections keep theirs. A bad file keeps the old pair.
+fn install_reload(tls: Option<args::TlsSetup>) {
+    let Some(store) = tls else {
+        return;
+    };
+    #[cfg(feature = "tls")]
+    {
+        let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot install the SIGHUP handler: {e}");
+                return;
+            }
+        };
+        std::thread::Builder::new()
+            .name("wsloop-reload".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    match store.reload() {
+                        Ok(()) => log::info!("SIGHUP: reloaded the TLS certificate and key"),
+                        Err(e) => log::error!("SIGHUP: TLS reload failed, keeping the current pair: {e}"),
+                    }
+                }
+            })
+            .ok();
+    }
+    #[cfg(not(feature = "tls"))]
+    match store {}
 }
 
 /// SIGHUP: re-reads every JWT key file and the JWKS. The new set replaces the old one

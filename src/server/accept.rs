@@ -87,6 +87,23 @@ impl<H: Handler> Worker<H> {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let now = self.ctx.now_tick;
+        #[cfg(feature = "tls")]
+        if let Some(cfg) = &self.ctx.cfg.tls {
+            match crate::tls::TlsConn::new(cfg) {
+                Ok(t) => {
+                    let slots = &mut self.ctx.tls;
+                    if slots.len() <= key {
+                        slots.resize_with(key + 1, || None);
+                    }
+                    slots[key] = Some(t);
+                }
+                Err(e) => {
+                    log::warn!("TLS: {e}");
+                    let _ = self.poll.registry().deregister(&mut stream);
+                    return;
+                }
+            }
+        }
         let conn = entry.insert(Conn { session: Session::new(now), meta: Meta::new(stream, ip, generation) });
         self.fd_exhaustion_logged = false;
         self.ctx.arm_session(conn, key as u32);

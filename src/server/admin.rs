@@ -267,6 +267,14 @@ pub fn render(shared: &Shared) -> String {
     for c in CloseCause::ALL {
         let _ = writeln!(o, "{n}{{cause=\"{}\"}} {}", c.label(), sum(&|m| m.close_causes[c.index()].get()));
     }
+    #[cfg(feature = "tls")]
+    {
+        let n = "wsloop_tls_handshake_failures_total";
+        family(o, n, "counter", "TLS handshakes that failed, by reason.");
+        for r in crate::tls::TlsFailure::ALL {
+            let _ = writeln!(o, "{n}{{reason=\"{}\"}} {}", r.label(), sum(&|m| m.tls_failures[r.index()].get()));
+        }
+    }
     scalar(
         o,
         "wsloop_backpressure_events_total",

@@ -95,7 +95,8 @@ pub struct Config {
     /// with `jwt`).
     #[cfg(feature = "jwt")]
     pub close_on_token_expiry: bool,
-    /// Serve `GET /metrics` and `GET /healthz` on this address (default: off).
+    /// Serve `GET /metrics` and `GET /healthz` on this address (default: off). The
+    /// admin listener is always plain http, also when `tls` is set.
     pub admin_listen: Option<SocketAddr>,
     /// Publishes waiting in one worker's inbox before [`Publisher::publish`] refuses more
     /// with [`PublishError::QueueFull`] (default 8192; at least 1). Connection
@@ -117,6 +118,12 @@ pub struct Config {
     /// Answer a plain `GET /` (no upgrade) on the main listener with this HTML page
     /// (default: none, 426). `wsloop rooms --demo` sets [`DEMO_PAGE`](super::DEMO_PAGE).
     pub http_page: Option<&'static str>,
+    /// Serve wss:// only on the main listener with this rustls configuration (default:
+    /// off, ws://). [`CertStore::server_config`](crate::tls::CertStore::server_config)
+    /// makes one from PEM files; pass your own for SNI, client certificates or another
+    /// resolver. The handshake timeout covers the TLS handshake.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<crate::tls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -155,6 +162,8 @@ impl Default for Config {
             client_publish: true,
             rooms_claim: None,
             http_page: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

@@ -37,6 +37,13 @@ pub(crate) struct Ctx {
     pub metrics: Arc<WorkerMetrics>,
     pub rpool: BufPool,
     pub wpool: BufPool,
+    /// wss:// (`Config::tls` set): every connection of this worker speaks TLS, and its
+    /// state is here by slab key, so that a plain connection's `Conn` has no field for
+    /// it (`conn_stays_small`).
+    #[cfg(feature = "tls")]
+    pub tls_on: bool,
+    #[cfg(feature = "tls")]
+    pub tls: Vec<Option<Box<crate::tls::TlsConn>>>,
     pub wheel: TimerWheel<TimerEvent>,
     /// `clock::monotonic_ns` when the worker started: the origin of its clock.
     pub start_ns: u64,
@@ -88,6 +95,10 @@ impl Ctx {
             metrics: shared.workers[id].metrics.clone(),
             rpool: BufPool::new(cfg.read_buffer_size, cfg.pool_keep),
             wpool: BufPool::new(cfg.write_buffer_size, cfg.pool_keep),
+            #[cfg(feature = "tls")]
+            tls_on: cfg.tls.is_some(),
+            #[cfg(feature = "tls")]
+            tls: Vec::new(),
             wheel: TimerWheel::new(1024),
             start_ns: super::clock::monotonic_ns(),
             now_ns: 0,

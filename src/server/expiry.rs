@@ -60,6 +60,12 @@ impl<H: Handler> Worker<H> {
             Some(Timeout::WriteStall) => Some(TimeoutKind::WriteStall),
             Some(Timeout::Pinged) | None => None,
         };
+        #[cfg(feature = "tls")]
+        if kind == Some(TimeoutKind::Handshake)
+            && ctx.tls.get(key as usize).and_then(|t| t.as_ref()).is_some_and(|t| t.tls.is_handshaking())
+        {
+            ctx.metrics.tls_failures[crate::tls::TlsFailure::Timeout.index()].inc();
+        }
         if let Some(kind) = kind {
             ctx.metrics.timeout(kind);
             let ip = conn.meta.ip();

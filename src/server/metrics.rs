@@ -129,6 +129,9 @@ pub struct WorkerMetrics {
     pub publishes: Counter,
     /// Client publishes refused: another worker's publish queue was full.
     pub publishes_refused: Counter,
+    /// Failed TLS handshakes, by [`TlsFailure::ALL`](crate::tls::TlsFailure::ALL) index.
+    #[cfg(feature = "tls")]
+    pub tls_failures: [Counter; 9],
 }
 
 impl WorkerMetrics {

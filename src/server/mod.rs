@@ -50,6 +50,8 @@ mod pubsub;
 mod shared;
 mod sock;
 pub(crate) mod timer;
+#[cfg(feature = "tls")]
+mod tls_io;
 mod worker;
 
 pub use apps::{room_allowed, room_of, rooms_of, Echo, Rooms, MAX_ROOMS_PER_CONNECTION, ROOMS_PROTOCOL};

@@ -43,7 +43,7 @@ pub(crate) struct Worker<H: Handler> {
     /// The read ring of whichever open connection is being read, lent to that
     /// connection only if it leaves bytes undecoded: the usual read (whole messages)
     /// then costs no pool traffic at all.
-    scratch: Ring,
+    pub(super) scratch: Ring,
     last_trim: u32,
 }
 
@@ -117,7 +117,7 @@ impl<H: Handler> Worker<H> {
                         if let Some(c) = self.conns.get_mut(k) {
                             if c.meta.dirty || ev.is_writable() {
                                 c.meta.dirty = false;
-                                if let Some(res) = flush_conn(c, &mut self.ctx) {
+                                if let Some(res) = flush_conn(c, &mut self.ctx, key) {
                                     self.flushed(key, res);
                                 }
                             }
@@ -208,6 +208,10 @@ impl<H: Handler> Worker<H> {
     /// read. `to_end`: the peer's FIN or RST came with this event and no new edge will
     /// announce it, so read on past a short read until the socket says so.
     fn read(&mut self, key: u32, to_end: bool) {
+        #[cfg(feature = "tls")]
+        if self.ctx.tls_on {
+            return self.read_tls(key, to_end);
+        }
         loop {
             let Worker { conns, ctx, handler, scratch, .. } = self;
             let Some(conn) = conns.get_mut(key as usize) else {
@@ -269,7 +273,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn on_eof(&mut self, key: u32) {
+    pub(super) fn on_eof(&mut self, key: u32) {
         if self.conns.get(key as usize).is_some_and(|c| c.session.buffered() > 0) {
             // The peer's last bytes (a close frame, a bad request) came with its FIN and
             // were answered in this same read: write the answer before dropping.
@@ -305,7 +309,7 @@ impl<H: Handler> Worker<H> {
 
     /// Decodes `ring` through the session and hands each message to the handler.
     #[inline(always)]
-    fn decode(ring: &mut Ring, conn: &mut Conn<H::State>, ctx: &mut Ctx, handler: &mut H, key: u32) {
+    pub(super) fn decode(ring: &mut Ring, conn: &mut Conn<H::State>, ctx: &mut Ctx, handler: &mut H, key: u32) {
         let data = ring.make_contiguous();
         let mut pos = 0;
         let mut msgs = 0u64;
@@ -401,7 +405,7 @@ impl<H: Handler> Worker<H> {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
-        if let Some(res) = flush_conn(conn, &mut self.ctx) {
+        if let Some(res) = flush_conn(conn, &mut self.ctx, key) {
             self.flushed(key, res);
         }
     }
@@ -464,9 +468,13 @@ impl<H: Handler> Worker<H> {
         };
         match conn.session.poll_end() {
             Some(Ending::ShutdownWrite) => {
+                #[cfg(feature = "tls")]
+                super::tls_io::close_notify(conn, &mut self.ctx, key);
                 let _ = conn.meta.stream.shutdown(std::net::Shutdown::Write);
             }
             Some(Ending::Finished(end)) => {
+                #[cfg(feature = "tls")]
+                super::tls_io::close_notify(conn, &mut self.ctx, key);
                 self.remove(key, end);
                 return;
             }
@@ -525,6 +533,10 @@ impl<H: Handler> Worker<H> {
             ctx.wheel.cancel(id);
         }
         conn.session.release(&mut ctx.rpool, &mut ctx.wpool);
+        #[cfg(feature = "tls")]
+        if let Some(slot) = ctx.tls.get_mut(key as usize) {
+            *slot = None;
+        }
         ctx.leave_all(&mut conn.meta, key);
         let Some(end) = end else {
             ctx.metrics.never_upgraded.inc();
@@ -557,8 +569,8 @@ impl Ctx {
 /// open connection that was not waiting for POLLOUT, so nothing changes state);
 /// anything else goes to `Worker::flushed`.
 #[inline(always)]
-fn flush_conn<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx) -> Option<io::Result<Flushed>> {
-    let res = write_out(conn, ctx);
+fn flush_conn<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, key: u32) -> Option<io::Result<Flushed>> {
+    let res = write_out(conn, ctx, key);
     if matches!(res, Ok(Flushed::Empty)) && !conn.meta.write_interest {
         return None;
     }
@@ -567,7 +579,12 @@ fn flush_conn<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx) -> Option<io::Resul
 
 /// Writes what the session hands out until it is all written or the socket would block.
 #[inline(always)]
-fn write_out<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx) -> io::Result<Flushed> {
+fn write_out<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, key: u32) -> io::Result<Flushed> {
+    #[cfg(feature = "tls")]
+    if ctx.tls_on {
+        return super::tls_io::write_out_tls(conn, ctx, key);
+    }
+    let _ = key;
     let mut total = 0;
     let res = loop {
         let mut sock = Sock(&conn.meta.stream);

@@ -195,6 +195,12 @@ pub struct Cli {
     /// rooms only: answer a plain GET / with a small page that joins a room; without it, 426 (default: off)
     #[arg(long)]
     pub demo: bool,
+    /// serve wss:// only with this PEM certificate chain (leaf first); SIGHUP reloads it; the admin listener stays http (default: off)
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<String>,
+    /// the PEM private key of --tls-cert (PKCS#8, SEC1 or PKCS#1; ECDSA, RSA or Ed25519) (default: off)
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<String>,
     /// log line format; json is for log shippers
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -236,7 +242,15 @@ pub struct Args {
     /// Where the JWT keys come from, re-read on SIGHUP.
     pub key_files: Option<KeyFiles>,
     pub log_format: LogFormat,
+    /// The certificate files, for SIGHUP (with --tls-cert).
+    pub tls: Option<TlsSetup>,
 }
+
+/// What SIGHUP reloads (`wsloop::tls::CertStore` when built with the `tls` feature).
+#[cfg(feature = "tls")]
+pub type TlsSetup = std::sync::Arc<wsloop::tls::CertStore>;
+#[cfg(not(feature = "tls"))]
+pub type TlsSetup = std::convert::Infallible;
 
 /// The clap command with its `WSLOOP_*` variables.
 pub fn command() -> clap::Command {
@@ -295,6 +309,11 @@ impl Args {
             format!("--{} {problem}", e.field.replace('_', "-"))
         })?;
         let redis = redis_config(&c, m, cfg.max_message)?;
+        let tls = tls_store(&c)?;
+        #[cfg(feature = "tls")]
+        {
+            cfg.tls = tls.as_ref().map(|s| s.server_config());
+        }
         let (key_files, verifier) = match jwt_verifier(&c)? {
             Some((files, v)) => (Some(files), Some(v)),
             None => (None, None),
@@ -310,7 +329,7 @@ impl Args {
         push_flags(&c, m, &mut cfg)?;
         // Echo has no rooms to share: --redis serves the jti check only.
         let bridge = if c.mode == Mode::Rooms { redis } else { None };
-        Ok(Args { mode: c.mode, listen: c.listen, cfg, redis: bridge, key_files, log_format: c.log_format })
+        Ok(Args { mode: c.mode, listen: c.listen, cfg, redis: bridge, key_files, log_format: c.log_format, tls })
     }
 }
 
@@ -456,6 +475,28 @@ fn jwt_verifier(c: &Cli) -> Result<Option<(KeyFiles, JwtVerifier)>, String> {
         v = v.max_age(age.0);
     }
     Ok(Some((files, v.require_jti(c.jwt_require_jti))))
+}
+
+/// --tls-cert and --tls-key together, both files read and checked.
+fn tls_store(c: &Cli) -> Result<Option<TlsSetup>, String> {
+    let (cert, key) = match (&c.tls_cert, &c.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+    };
+    #[cfg(feature = "tls")]
+    {
+        wsloop::tls::CertStore::load(cert, key).map(Some).map_err(|e| {
+            let flag = if e.file == wsloop::tls::TlsFile::Cert { "--tls-cert" } else { "--tls-key" };
+            format!("{flag} {e}")
+        })
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key);
+        Err("--tls-cert: built without tls (cargo feature `tls`)".into())
+    }
 }
 
 /// "No such file or directory (os error 2)" without the errno part.
