@@ -47,7 +47,7 @@ mod worker;
 
 pub use apps::{room_of, Echo, Rooms};
 pub use bridge::Bridge;
-pub use config::{AcceptMode, BackpressurePolicy, Config, ConfigError, MAX_WORKERS};
+pub use config::{AcceptMode, BackpressurePolicy, Compression, Config, ConfigError, MAX_WORKERS};
 pub use connection::{Claims, Connection};
 pub use gate::Refusal;
 pub use handler::{Accept, ConnId, Handler, Message, Reject, SendStatus};
