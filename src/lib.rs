@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod buf;
+pub mod deflate;
 pub mod proto;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -33,6 +33,8 @@ pub enum ProtocolError {
     CloseReasonNotUtf8,
     /// A text message that is not UTF-8 (8.1). Close 1007.
     InvalidUtf8,
+    /// A compressed message that does not inflate (RFC 7692 6.2). Close 1007.
+    CorruptCompressed,
     /// A message larger than the configured limit (10.4). Close 1009.
     MessageTooBig,
     /// More fragments in one message than the configured limit. Close 1009.
@@ -54,7 +56,7 @@ impl ProtocolError {
             | ExpectedContinuation
             | CloseTooShort
             | InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
-            CloseReasonNotUtf8 | InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            CloseReasonNotUtf8 | InvalidUtf8 | CorruptCompressed => CloseCode::INVALID_PAYLOAD,
             MessageTooBig | TooManyFragments => CloseCode::MESSAGE_TOO_BIG,
         }
     }
@@ -75,6 +77,7 @@ impl ProtocolError {
             InvalidCloseCode(_) => "invalid close code",
             CloseReasonNotUtf8 => "close reason is not UTF-8",
             InvalidUtf8 => "text is not UTF-8",
+            CorruptCompressed => "compressed data is corrupt",
             MessageTooBig => "message too big",
             TooManyFragments => "too many fragments",
         }

@@ -62,12 +62,24 @@ pub enum Event<'a> {
     Pong(&'a [u8]),
     /// A close frame: code and reason, or `None` for an empty close frame.
     Close(Option<(CloseCode, &'a str)>),
+    /// A complete permessage-deflate message (RSV1 on its first frame, only once
+    /// [`Decoder::set_deflate`] allowed it), still compressed: the caller inflates it,
+    /// checking the size limit as it goes and, for text, UTF-8.
+    Deflated {
+        /// A text message (else binary).
+        text: bool,
+        /// The compressed payload, without the stripped tail.
+        payload: &'a [u8],
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Text,
     Binary,
+    /// Compressed (RFC 7692): validated only after inflation.
+    DeflatedText,
+    DeflatedBinary,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -109,15 +121,24 @@ pub struct Decoder {
     /// Boxed so an idle decoder (one per connection) stays small: 8 bytes instead of 24.
     #[allow(clippy::box_collection)]
     assembled: Option<Box<Vec<u8>>>,
-    /// The last event borrowed `assembled`; empty it on the next call.
-    clear_assembled: bool,
+    /// [`CLEAR_ASSEMBLED`] and [`DEFLATE`]: one byte, so the flag a negotiated
+    /// extension needs does not grow every connection by a word.
+    flags: u8,
 }
+
+/// The last event borrowed `assembled`; empty it on the next call.
+const CLEAR_ASSEMBLED: u8 = 1;
+/// permessage-deflate was negotiated: RSV1 may start a data message.
+const DEFLATE: u8 = 2;
 
 impl Default for Decoder {
     fn default() -> Self {
         Self::new()
     }
 }
+
+/// RSV1 in [`FrameHeader::rsv`]: permessage-deflate's "compressed" bit.
+const RSV1: u8 = 0x4;
 
 /// Above this, the assembly buffer is freed after its message rather than kept.
 const KEEP_ASSEMBLY_CAPACITY: usize = 64 << 10;
@@ -157,13 +178,18 @@ fn small_message(input: &mut [u8], len: usize) -> Result<(usize, Option<Event<'_
 impl Decoder {
     /// A decoder at the start of a stream.
     pub const fn new() -> Self {
-        Decoder { state: State::Idle, msg: None, utf8: Utf8Validator::new(), assembled: None, clear_assembled: false }
+        Decoder { state: State::Idle, msg: None, utf8: Utf8Validator::new(), assembled: None, flags: 0 }
     }
 
     /// Nothing pending at all: a call with empty input would do nothing.
     #[inline]
     pub fn is_idle(&self) -> bool {
-        !self.clear_assembled && self.msg.is_none() && matches!(self.state, State::Idle)
+        self.flags & CLEAR_ASSEMBLED == 0 && self.msg.is_none() && matches!(self.state, State::Idle)
+    }
+
+    /// Lets RSV1 mark a compressed message (permessage-deflate was negotiated).
+    pub fn set_deflate(&mut self, on: bool) {
+        self.flags = if on { self.flags | DEFLATE } else { self.flags & !DEFLATE };
     }
 
     /// Bytes held in the assembly buffer (part of a connection's memory).
@@ -197,8 +223,8 @@ impl Decoder {
         cfg: &DecoderConfig,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         debug_assert!(cfg.inline_limit >= MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD, "inline_limit below a control frame");
-        if self.clear_assembled {
-            self.clear_assembled = false;
+        if self.flags & CLEAR_ASSEMBLED != 0 {
+            self.flags &= !CLEAR_ASSEMBLED;
             if let Some(v) = self.assembled.as_mut() {
                 if v.capacity() > KEEP_ASSEMBLY_CAPACITY {
                     self.assembled = None;
@@ -219,14 +245,19 @@ impl Decoder {
         input: &'a mut [u8],
         cfg: &DecoderConfig,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
-        let (hdr, hlen) = match FrameHeader::parse(input, cfg.role, 0)? {
+        let (hdr, hlen) = match FrameHeader::parse(input, cfg.role, if self.flags & DEFLATE != 0 { RSV1 } else { 0 })? {
             Parsed::Complete(h, n) => (h, n),
             Parsed::NeedMore => return Ok((0, None)),
         };
+        // RSV1 marks a message, so only its first frame (RFC 7692 6.1).
+        if hdr.rsv != 0 && (hdr.opcode == OpCode::Continuation || hdr.opcode.is_control()) {
+            return Err(ProtocolError::ReservedBits);
+        }
         // Fast path, the steady state of a busy server: a whole single-frame message
         // already in the buffer. Same checks as the general path, no state kept.
         let total = hlen + hdr.payload_len as usize;
         if hdr.fin
+            && hdr.rsv == 0
             && self.msg.is_none()
             && matches!(hdr.opcode, OpCode::Text | OpCode::Binary)
             && total <= input.len()
@@ -287,10 +318,17 @@ impl Decoder {
                 if hdr.payload_len > cfg.max_message as u64 {
                     return Err(ProtocolError::MessageTooBig);
                 }
-                let kind = if op == OpCode::Text { Kind::Text } else { Kind::Binary };
+                let compressed = hdr.rsv & RSV1 != 0;
+                let kind = match (op == OpCode::Text, compressed) {
+                    (true, false) => Kind::Text,
+                    (false, false) => Kind::Binary,
+                    (true, true) => Kind::DeflatedText,
+                    (false, true) => Kind::DeflatedBinary,
+                };
                 self.utf8.reset();
-                // A first frame without FIN will be joined with its continuations.
-                self.msg = Some(Msg { kind, len: hdr.payload_len, fragments: 1, assembled: !hdr.fin });
+                // A first frame without FIN will be joined with its continuations; a
+                // compressed message is always copied out (it is inflated elsewhere).
+                self.msg = Some(Msg { kind, len: hdr.payload_len, fragments: 1, assembled: !hdr.fin || compressed });
                 Ok(())
             }
         }
@@ -336,7 +374,7 @@ impl Decoder {
                 }
                 self.msg = None;
                 match msg.kind {
-                    Kind::Binary => Event::Binary(payload),
+                    Kind::Binary | Kind::DeflatedText | Kind::DeflatedBinary => Event::Binary(payload),
                     Kind::Text => {
                         self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                         // SAFETY: validated as it arrived, and finish() saw no cut-off code point.
@@ -398,9 +436,11 @@ impl Decoder {
 
     fn finish_assembled(&mut self) -> Result<Event<'_>, ProtocolError> {
         let msg = self.msg.take().expect("finishing a started message");
-        self.clear_assembled = true;
+        self.flags |= CLEAR_ASSEMBLED;
         Ok(match msg.kind {
             Kind::Binary => Event::Binary(self.assembled_bytes()),
+            Kind::DeflatedText => Event::Deflated { text: true, payload: self.assembled_bytes() },
+            Kind::DeflatedBinary => Event::Deflated { text: false, payload: self.assembled_bytes() },
             Kind::Text => {
                 self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                 // SAFETY: every byte went through the validator, which saw a complete end.
@@ -439,6 +479,8 @@ pub(crate) enum OwnedEvent {
     Pong(Vec<u8>),
     /// Close code and reason.
     Close(Option<(u16, String)>),
+    /// A compressed message: text or binary, and its payload.
+    Deflated(bool, Vec<u8>),
 }
 
 impl From<Event<'_>> for OwnedEvent {
@@ -449,6 +491,7 @@ impl From<Event<'_>> for OwnedEvent {
             Event::Ping(b) => OwnedEvent::Ping(b.to_vec()),
             Event::Pong(b) => OwnedEvent::Pong(b.to_vec()),
             Event::Close(c) => OwnedEvent::Close(c.map(|(c, r)| (c.0, r.to_owned()))),
+            Event::Deflated { text, payload } => OwnedEvent::Deflated(text, payload.to_vec()),
         }
     }
 }
@@ -651,6 +694,84 @@ mod tests {
             let (_, err) = run(&wire, &cfg);
             assert_eq!(err, Some(want), "{wire:x?}");
             assert_eq!(want.close_code().0, code);
+        }
+    }
+
+    /// `wire` through a decoder that negotiated permessage-deflate, in one piece and
+    /// byte by byte: the events up to the first error.
+    fn run_deflate(wire: &[u8]) -> (Vec<OwnedEvent>, Option<ProtocolError>) {
+        let mut outcomes = Vec::new();
+        for step in [wire.len().max(1), 1] {
+            let (mut events, mut err) = (Vec::new(), None);
+            let mut dec = Decoder::new();
+            dec.set_deflate(true);
+            let mut buf = Vec::new();
+            for chunk in wire.chunks(step) {
+                buf.extend_from_slice(chunk);
+                loop {
+                    match dec.decode(&mut buf, &small_cfg()) {
+                        Ok((n, ev)) => {
+                            let progressed = n > 0 || ev.is_some();
+                            if let Some(ev) = ev {
+                                events.push(OwnedEvent::from(ev));
+                            }
+                            buf.drain(..n);
+                            if !progressed {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if err.is_some() {
+                    break;
+                }
+            }
+            outcomes.push((events, err));
+        }
+        assert_eq!(outcomes[0], outcomes[1], "byte by byte changed the outcome");
+        outcomes.pop().unwrap()
+    }
+
+    fn rsv1(mut f: Vec<u8>) -> Vec<u8> {
+        f[0] |= 0x40;
+        f
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_when_negotiated() {
+        let wire = rsv1(frame(true, OpCode::Text, b"zz"));
+        assert_eq!(run(&wire, &small_cfg()).1, Some(ProtocolError::ReservedBits));
+        assert_eq!(run_deflate(&wire), (vec![OwnedEvent::Deflated(true, b"zz".to_vec())], None));
+        // Fragmented: RSV1 on the first frame only, the payload joined.
+        let wire = [rsv1(frame(false, OpCode::Binary, b"ab")), frame(true, OpCode::Continuation, b"cd")].concat();
+        assert_eq!(run_deflate(&wire), (vec![OwnedEvent::Deflated(false, b"abcd".to_vec())], None));
+        // Compressed bytes are not text yet: no UTF-8 check before inflation.
+        let wire = rsv1(frame(true, OpCode::Text, &[0xff; 300]));
+        assert_eq!(run_deflate(&wire), (vec![OwnedEvent::Deflated(true, vec![0xff; 300])], None));
+        // A plain message still goes through unchanged.
+        assert_eq!(run_deflate(&frame(true, OpCode::Text, b"hi")), (vec![OwnedEvent::Text("hi".into())], None));
+    }
+
+    #[test]
+    fn rsv1_on_control_or_continuation_frames_is_1002() {
+        let cases = [
+            rsv1(frame(true, OpCode::Ping, b"p")),
+            rsv1(frame(true, OpCode::Close, &[0x03, 0xe8])),
+            [frame(false, OpCode::Text, b"a"), rsv1(frame(true, OpCode::Continuation, b"b"))].concat(),
+            [rsv1(frame(false, OpCode::Text, b"a")), rsv1(frame(true, OpCode::Continuation, b"b"))].concat(),
+            {
+                let mut f = frame(true, OpCode::Text, b"a");
+                f[0] |= 0x20; // RSV2: no extension uses it
+                f
+            },
+        ];
+        for wire in cases {
+            assert_eq!(run_deflate(&wire).1, Some(ProtocolError::ReservedBits), "{wire:x?}");
+            assert_eq!(ProtocolError::ReservedBits.close_code().0, 1002);
         }
     }
 

@@ -3,6 +3,7 @@
 #[cfg(feature = "jwt")]
 use crate::auth::JwtVerifier;
 use crate::auth::OriginPolicy;
+pub use crate::deflate::Compression;
 use crate::proto::{DecoderConfig, HandshakeLimits, Role};
 use crate::session::SessionConfig;
 use std::net::SocketAddr;
@@ -124,6 +125,14 @@ pub struct Config {
     /// resolver. The handshake timeout covers the TLS handshake.
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<crate::tls::ServerConfig>>,
+    /// permessage-deflate (default `Off`; needs the `deflate` feature otherwise).
+    pub compression: Compression,
+    /// The largest LZ77 window the server compresses with, 9 to 15 bits (default 15);
+    /// offers that allow it less get what they allow.
+    pub compression_window_bits: u8,
+    /// Messages shorter than this go out uncompressed, RSV1 clear (default 64 bytes:
+    /// deflate's block overhead makes shorter text barely shrink).
+    pub compression_min_size: usize,
 }
 
 impl Default for Config {
@@ -164,6 +173,9 @@ impl Default for Config {
             http_page: None,
             #[cfg(feature = "tls")]
             tls: None,
+            compression: Compression::Off,
+            compression_window_bits: 15,
+            compression_min_size: 64,
         }
     }
 }
@@ -229,6 +241,15 @@ impl Config {
         }
         if self.max_header_bytes < 64 {
             return err("max_header_bytes", format!("is {}; allowed: at least 64", self.max_header_bytes));
+        }
+        if !(9..=15).contains(&self.compression_window_bits) {
+            return err("compression_window_bits", format!("is {}; allowed: 9 to 15", self.compression_window_bits));
+        }
+        if self.compression != Compression::Off && !cfg!(feature = "deflate") {
+            return err("compression", "needs the `deflate` feature".into());
+        }
+        if self.compression == Compression::Dedicated {
+            return err("compression", "`dedicated` is not implemented yet; use `shared`".into());
         }
         if self.max_message == 0 {
             return err("max_message", "is 0; allowed: at least 1".into());

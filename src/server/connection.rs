@@ -66,6 +66,9 @@ pub(crate) struct Ctx {
     pub claims: Option<Claims>,
     /// Tokens of pending application timers.
     pub app_tokens: slab::Slab<u64>,
+    /// The worker's one compressor and decompressor (`compression` not `Off`).
+    #[cfg(feature = "deflate")]
+    pub deflate: Option<Box<crate::deflate::codec::Codec>>,
 }
 
 /// Verified JWT claims (with the `jwt` feature).
@@ -113,6 +116,9 @@ impl Ctx {
             local_pubs: Vec::new(),
             claims: None,
             app_tokens: slab::Slab::new(),
+            #[cfg(feature = "deflate")]
+            deflate: (cfg.compression != crate::deflate::Compression::Off)
+                .then(|| Box::new(crate::deflate::codec::Codec::new())),
             cfg,
             shared,
         }
@@ -224,6 +230,41 @@ impl Ctx {
         }
     }
 
+    /// The compressed form of the plain broadcast frame `plain` for a subscriber whose
+    /// window is `bits`, made once per publish and kept in `cache` (a frame compressed
+    /// with a smaller window suits every larger one). `None`: below
+    /// `compression_min_size`, send it plain.
+    #[cfg(feature = "deflate")]
+    pub fn compressed_frame<'c>(
+        &mut self,
+        plain: &[u8],
+        bits: u8,
+        cache: &'c mut Option<(u8, Vec<u8>)>,
+    ) -> Option<&'c [u8]> {
+        use crate::proto::frame::server_header;
+        let codec = self.deflate.as_mut()?;
+        let hl = match plain.get(1)? & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        let payload = plain.get(hl..)?;
+        if payload.len() < self.cfg.compression_min_size {
+            return None;
+        }
+        if cache.as_ref().is_none_or(|(b, _)| *b > bits) {
+            let op = if plain[0] & 0x0f == 1 { OpCode::Text } else { OpCode::Binary };
+            let z = codec.compress(payload, bits);
+            let (mut h, n) = server_header(op, z.len());
+            h[0] |= 0x40;
+            let mut f = Vec::with_capacity(n + z.len());
+            f.extend_from_slice(&h[..n]);
+            f.extend_from_slice(z);
+            *cache = Some((bits, f));
+        }
+        cache.as_ref().map(|(_, f)| f.as_slice())
+    }
+
     pub fn subscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) {
         let list = meta.topics.get_or_insert_with(Default::default);
         if list.iter().any(|t| &**t == topic) {
@@ -303,12 +344,39 @@ impl Connection<'_> {
     }
 
     /// Queues a message. Output is written at the end of the loop turn, coalesced with
-    /// everything else queued for this socket.
+    /// everything else queued for this socket. On a connection that negotiated
+    /// permessage-deflate, messages of at least `compression_min_size` bytes go out
+    /// compressed.
     #[inline(always)]
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
+        #[cfg(feature = "deflate")]
+        if self.core.deflate_bits() != 0 {
+            return self.send_deflated(msg);
+        }
         let ctx = &mut *self.ctx;
         let sent = self.core.send(msg.opcode(), msg.as_bytes(), &ctx.scfg, &mut ctx.wpool, ctx.now_tick);
         ctx.sent(self.core, self.meta, self.key, sent, true)
+    }
+
+    #[cfg(feature = "deflate")]
+    #[inline(never)]
+    fn send_deflated(&mut self, msg: Message<'_>) -> SendStatus {
+        let ctx = &mut *self.ctx;
+        let payload = msg.as_bytes();
+        let sent = match ctx.deflate.as_mut() {
+            Some(codec) if payload.len() >= ctx.cfg.compression_min_size => {
+                let z = codec.compress(payload, self.core.deflate_bits());
+                self.core.send_compressed(msg.opcode(), z, &ctx.scfg, &mut ctx.wpool, ctx.now_tick)
+            }
+            _ => self.core.send(msg.opcode(), payload, &ctx.scfg, &mut ctx.wpool, ctx.now_tick),
+        };
+        ctx.sent(self.core, self.meta, self.key, sent, true)
+    }
+
+    /// Whether this connection negotiated permessage-deflate (known from `on_open` on).
+    pub fn deflate(&self) -> Option<crate::deflate::Agreed> {
+        let bits = self.core.deflate_bits();
+        (bits != 0).then_some(crate::deflate::Agreed { server_max_window_bits: bits })
     }
 
     /// Queues a text message.

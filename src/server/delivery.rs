@@ -47,13 +47,25 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Queues `frame` for every local subscriber of `topic`.
+    /// Queues `frame` for every local subscriber of `topic`. Subscribers that
+    /// negotiated permessage-deflate get one compressed frame, made once for all of them
+    /// on this worker (a prepared message); the others the plain one.
     fn deliver(&mut self, topic: &str, frame: &[u8]) {
         let Some(keys) = self.ctx.topics.take(topic) else {
             return;
         };
+        #[cfg(feature = "deflate")]
+        let mut compressed: Option<(u8, Vec<u8>)> = None;
         for &key in &keys {
             if let Some(conn) = self.conns.get_mut(key as usize) {
+                #[cfg(feature = "deflate")]
+                let bits = conn.session.core().deflate_bits();
+                if bits != 0 {
+                    if let Some(z) = self.ctx.compressed_frame(frame, bits, &mut compressed) {
+                        self.ctx.deliver(conn.session.core(), &mut conn.meta, key, z);
+                        continue;
+                    }
+                }
                 self.ctx.deliver(conn.session.core(), &mut conn.meta, key, frame);
             }
         }

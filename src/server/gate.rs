@@ -151,6 +151,12 @@ pub(super) fn handshake<H: Handler>(
     };
     let expires = claims.as_ref().and_then(|c| expiry_tick(ctx, c));
     ctx.claims = claims;
+    // Negotiated before on_open, so the handler sees the outcome.
+    #[cfg(feature = "deflate")]
+    let extensions = crate::deflate::negotiate(ctx.cfg.compression, ctx.cfg.compression_window_bits, req.extensions());
+    #[cfg(not(feature = "deflate"))]
+    let extensions: Option<(crate::deflate::Agreed, String)> = None;
+    conn.session.set_deflate(extensions.as_ref().map_or(0, |(a, _)| a.server_max_window_bits));
     let mut c = Connection { core: conn.session.core(), ctx: &mut *ctx, meta: &mut conn.meta, key };
     let decision = handler.on_open(&mut c, &req);
     ctx.claims = None;
@@ -164,7 +170,8 @@ pub(super) fn handshake<H: Handler>(
     // Only a subprotocol the client really offered; never a `bearer.<token>` entry.
     let protocol = accept.protocol.filter(|p| crate::auth::bearer::client_protocols(&req).any(|o| o == *p));
     let mut resp = [0u8; 1024];
-    let Ok(n) = write_accept(&mut resp, &req, protocol, b"") else {
+    let extra = extensions.as_ref().map_or("", |(_, h)| h.as_str());
+    let Ok(n) = write_accept(&mut resp, &req, protocol, extra.as_bytes()) else {
         refuse(conn, ctx, key, Refusal::Internal, true);
         return data.len();
     };

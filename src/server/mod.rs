@@ -56,7 +56,7 @@ mod worker;
 
 pub use apps::{room_allowed, room_of, rooms_of, Echo, Rooms, MAX_ROOMS_PER_CONNECTION, ROOMS_PROTOCOL};
 pub use bridge::Bridge;
-pub use config::{AcceptMode, BackpressurePolicy, Config, ConfigError, PublishKey, MAX_WORKERS};
+pub use config::{AcceptMode, BackpressurePolicy, Compression, Config, ConfigError, PublishKey, MAX_WORKERS};
 pub use connection::{Claims, Connection};
 pub use gate::Refusal;
 pub use handler::{Accept, ConnId, Handler, Message, Reject, SendStatus};

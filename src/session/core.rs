@@ -48,6 +48,7 @@ impl Reader {
         let msg = match ev {
             Event::Text(s) => Message::Text(s),
             Event::Binary(b) => Message::Binary(b),
+            Event::Deflated { text, payload } => return (n, deflated(core, text, payload, cfg, pool, now)),
             Event::Ping(p) => {
                 if core.is_open() {
                     let _ = core.send(OpCode::Pong, p, cfg, pool, now);
@@ -71,6 +72,29 @@ impl Reader {
         }
         (n, Received::Message(msg))
     }
+}
+
+/// A compressed message, for the driver to inflate: the same rules as for a plain one
+/// (ignored after our close, counted by the rate limit). Apart, off the plain path.
+#[cold]
+#[inline(never)]
+fn deflated<'a>(
+    core: &mut Core,
+    text: bool,
+    payload: &'a [u8],
+    cfg: &SessionConfig,
+    pool: &mut BufPool,
+    now: Tick,
+) -> Received<'a> {
+    let Phase::Open(o) = &mut core.phase else {
+        return Received::Nothing;
+    };
+    if cfg.max_msg_rate.is_some() && !o.take_token(cfg, now) {
+        let c = CloseCause::RateLimit;
+        core.close(c, c.code(), c.reason(), pool, now);
+        return Received::Closing(c);
+    }
+    Received::Deflated { text, payload }
 }
 
 impl Open {
@@ -115,6 +139,16 @@ impl Core {
         matches!(self.phase, Phase::Open(_))
     }
 
+    /// The server window bits of a negotiated permessage-deflate; 0: not negotiated
+    /// (see [`Session::set_deflate`]).
+    #[inline(always)]
+    pub fn deflate_bits(&self) -> u8 {
+        match self.phase {
+            Phase::Open(Open { deflate_bits, .. }) | Phase::Handshaking { deflate_bits, .. } => deflate_bits,
+            _ => 0,
+        }
+    }
+
     /// Outgoing bytes queued and not yet written.
     #[inline]
     pub fn buffered(&self) -> usize {
@@ -132,11 +166,42 @@ impl Core {
         pool: &mut BufPool,
         now: Tick,
     ) -> Sent {
+        self.send_frame::<false>(op, payload, cfg, pool, now)
+    }
+
+    /// Queues a permessage-deflate message: `payload` is compressed already, and its
+    /// frame goes out with RSV1 set.
+    pub(crate) fn send_compressed(
+        &mut self,
+        op: OpCode,
+        payload: &[u8],
+        cfg: &SessionConfig,
+        pool: &mut BufPool,
+        now: Tick,
+    ) -> Sent {
+        self.send_frame::<true>(op, payload, cfg, pool, now)
+    }
+
+    /// A protocol error found outside the decoder (in inflating a message): fails the
+    /// connection with the error's close code.
+    pub(crate) fn fail_protocol(&mut self, e: crate::proto::ProtocolError, pool: &mut BufPool, now: Tick) {
+        self.fail(CloseCause::Protocol(e), pool, now);
+    }
+
+    #[inline(always)]
+    fn send_frame<const RSV1: bool>(
+        &mut self,
+        op: OpCode,
+        payload: &[u8],
+        cfg: &SessionConfig,
+        pool: &mut BufPool,
+        now: Tick,
+    ) -> Sent {
         let before = self.out.len();
         let o = match &mut self.phase {
             Phase::Open(o) => o,
             Phase::Handshaking { .. } => {
-                self.out.queue_frame(pool, op, payload);
+                self.out.queue_frame::<RSV1>(pool, op, payload);
                 return Sent::Queued;
             }
             _ => return Sent::NotOpen,
@@ -155,7 +220,7 @@ impl Core {
                 BackpressurePolicy::PauseReading => o.backlog = Backlog::Paused,
             }
         }
-        self.out.queue_frame(pool, op, payload);
+        self.out.queue_frame::<RSV1>(pool, op, payload);
         if self.out.len() > cap {
             went_over |= o.congest(now);
             if cfg.backpressure_policy == BackpressurePolicy::PauseReading {

@@ -276,6 +276,14 @@ pub enum Received<'a> {
     Closing(CloseCause),
     /// A complete data message, borrowed from the input, for the application.
     Message(Message<'a>),
+    /// A complete permessage-deflate message, still compressed: the driver inflates it
+    /// (and fails the connection through [`Core::fail_protocol`] if that fails).
+    Deflated {
+        /// Text (else binary).
+        text: bool,
+        /// The compressed payload.
+        payload: &'a [u8],
+    },
 }
 
 /// The read half of a session: the frame decoder. Apart from [`Core`] so that a
@@ -298,6 +306,9 @@ struct Open {
     tokens: u32,
     tokens_tick: Tick,
     backlog: Backlog,
+    /// The window bits of a negotiated permessage-deflate, 0 without: all a connection
+    /// keeps for it (the compressor is the worker's). In padding: no byte added.
+    deflate_bits: u8,
 }
 
 /// How the outgoing queue of an open connection stands since it last drained.
@@ -316,7 +327,7 @@ enum Backlog {
 #[derive(Clone, Copy, Debug)]
 #[repr(u8)]
 enum Phase {
-    Handshaking { since: Tick },
+    Handshaking { since: Tick, deflate_bits: u8 },
     Open(Open),
     Closing { since: Tick, code: CloseCode, cause: CloseCause },
     Closed { since: Tick, end: Closed, peer_closed: bool },
@@ -352,8 +363,17 @@ impl<S: Default> Session<S> {
         Session {
             leftover: None,
             reader: Reader { decoder: Decoder::new() },
-            core: Core { phase: Phase::Handshaking { since: now }, out: Outbox::default() },
+            core: Core { phase: Phase::Handshaking { since: now, deflate_bits: 0 }, out: Outbox::default() },
             user: S::default(),
+        }
+    }
+
+    /// permessage-deflate was negotiated with a server window of `bits` (9 to 15):
+    /// known to `on_open` ([`Core::deflate_bits`]), and once accepted, compressed
+    /// messages (RSV1) are let in. Call while handshaking, before [`Session::accept`].
+    pub fn set_deflate(&mut self, bits: u8) {
+        if let Phase::Handshaking { deflate_bits, .. } = &mut self.core.phase {
+            *deflate_bits = bits;
         }
     }
 
@@ -481,9 +501,10 @@ impl<S: Default> Session<S> {
         pool: &mut BufPool,
         now: Tick,
     ) {
-        if !self.is_handshaking() {
+        let Phase::Handshaking { deflate_bits, .. } = self.core.phase else {
             return;
-        }
+        };
+        self.reader.decoder.set_deflate(deflate_bits != 0);
         self.core.out.push_front(pool, response);
         self.user = user;
         self.core.phase = Phase::Open(Open {
@@ -494,6 +515,7 @@ impl<S: Default> Session<S> {
             tokens: cfg.max_msg_rate.unwrap_or(0),
             tokens_tick: now,
             backlog: Backlog::Clear,
+            deflate_bits,
         });
     }
 
@@ -557,7 +579,7 @@ impl<S: Default> Session<S> {
     pub fn handle_timeout(&mut self, cfg: &SessionConfig, pool: &mut BufPool, now: Tick) -> Option<Timeout> {
         let core = &mut self.core;
         match core.phase {
-            Phase::Handshaking { since } if now >= since.saturating_add(cfg.handshake_timeout) => {
+            Phase::Handshaking { since, .. } if now >= since.saturating_add(cfg.handshake_timeout) => {
                 core.phase = Phase::Ended(None);
                 Some(Timeout::Handshake)
             }
@@ -686,7 +708,7 @@ impl<S: Default> Session<S> {
     #[must_use]
     pub fn poll_timeout(&self, cfg: &SessionConfig) -> Option<Tick> {
         let due = match self.core.phase {
-            Phase::Handshaking { since } => since.saturating_add(cfg.handshake_timeout),
+            Phase::Handshaking { since, .. } => since.saturating_add(cfg.handshake_timeout),
             Phase::Open(o) => {
                 let mut due = o.last_rx.saturating_add(cfg.idle_timeout);
                 due = due.min(o.last_rx.max(o.last_ping).saturating_add(cfg.ping_interval));

@@ -44,8 +44,11 @@ impl Outbox {
 
     /// Queues a server frame (unmasked) with `payload`.
     #[inline(always)]
-    pub fn queue_frame(&mut self, pool: &mut BufPool, opcode: OpCode, payload: &[u8]) {
-        let (hbuf, hl) = server_header(opcode, payload.len());
+    pub fn queue_frame<const RSV1: bool>(&mut self, pool: &mut BufPool, opcode: OpCode, payload: &[u8]) {
+        let (mut hbuf, hl) = server_header(opcode, payload.len());
+        if RSV1 {
+            hbuf[0] |= 0x40;
+        }
         if self.overflow.is_none() && hbuf.len() + payload.len() <= pool.ring_size() {
             // Common case: header and payload go into the ring's tail together.
             let ring = self.ring.get_or_insert_with(|| pool.take());
@@ -246,7 +249,7 @@ mod tests {
         let mut expect = Vec::new();
         for i in 0..200u32 {
             let msg = vec![i as u8; (i as usize * 37) % 300];
-            out.queue_frame(&mut pool, OpCode::Binary, &msg);
+            out.queue_frame::<false>(&mut pool, OpCode::Binary, &msg);
             let mut h = [0u8; 14];
             let hl =
                 FrameHeader { fin: true, rsv: 0, opcode: OpCode::Binary, mask: None, payload_len: msg.len() as u64 }
@@ -270,7 +273,7 @@ mod tests {
         let mut pool = BufPool::new(512, 4);
         let mut out = Outbox::default();
         let msg = vec![9u8; 4000];
-        out.queue_frame(&mut pool, OpCode::Binary, &msg);
+        out.queue_frame::<false>(&mut pool, OpCode::Binary, &msg);
         assert_eq!(out.len(), 4004);
         let mut sink = Vec::new();
         drain(&mut out, &mut pool, 1500, &mut sink);
@@ -288,7 +291,7 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut pool = BufPool::new(512, 4);
             let (mut fast, mut general) = (Outbox::default(), Outbox::default());
-            fast.queue_frame(&mut pool, OpCode::Text, &payload);
+            fast.queue_frame::<false>(&mut pool, OpCode::Text, &payload);
             let (h, hl) = server_header(OpCode::Text, payload.len());
             general.push(&mut pool, &h[..hl]);
             general.push(&mut pool, &payload);
@@ -305,7 +308,7 @@ mod tests {
         let mut out = Outbox::default();
         let mut checked = 0;
         for i in 0..300usize {
-            out.queue_frame(&mut pool, OpCode::Binary, &vec![i as u8; i % 97]);
+            out.queue_frame::<false>(&mut pool, OpCode::Binary, &vec![i as u8; i % 97]);
             if let Some(one) = out.transmit_one() {
                 let mut iov = [IoSlice::new(&[]); MAX_TRANSMIT_SLICES];
                 let k = out.transmit(&mut iov);

@@ -9,7 +9,7 @@ use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueE
 use std::net::SocketAddr;
 use wsloop::auth::jwt::{KeyError, MIN_SECRET_LEN};
 use wsloop::auth::{Alg, JwtVerifier, KeySet, OriginPolicy, VerifyKey};
-use wsloop::server::{AcceptMode, BackpressurePolicy, Config};
+use wsloop::server::{AcceptMode, BackpressurePolicy, Compression, Config};
 
 /// Longest duration any seconds flag accepts (about 31 years).
 const MAX_SECS: f64 = 1e9;
@@ -52,6 +52,16 @@ pub enum Backpressure {
     Drop,
     /// close it with 1008
     Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionMode {
+    /// decline permessage-deflate
+    Off,
+    /// one compressor per worker, no compression state per connection
+    Shared,
+    /// a compressor per connection (not implemented yet)
+    Dedicated,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -132,6 +142,15 @@ pub struct Cli {
     /// longest a broadcast waits to share a write with later ones; an idle worker writes at once (0: every loop turn)
     #[arg(long, value_name = "SECS", value_parser = secs(true, 1.0), default_value_t = Secs(defaults().broadcast_coalesce))]
     pub broadcast_coalesce: Secs,
+    /// permessage-deflate (RFC 7692)
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = CompressionMode::Off)]
+    pub compression: CompressionMode,
+    /// largest window the server compresses with (offers may ask for less)
+    #[arg(long, value_name = "BITS", value_parser = count(9, 15), default_value_t = defaults().compression_window_bits as usize)]
+    pub compression_window_bits: usize,
+    /// messages shorter than this go out uncompressed
+    #[arg(long, value_name = "BYTES", value_parser = count(0, usize::MAX), default_value_t = defaults().compression_min_size)]
+    pub compression_min_size: usize,
     /// on SIGTERM/SIGINT, wait this long for clients to finish closing
     #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().drain_timeout))]
     pub drain_timeout: Secs,
@@ -294,6 +313,13 @@ impl Args {
         cfg.close_timeout = c.close_timeout.0;
         cfg.drain_timeout = c.drain_timeout.0;
         cfg.broadcast_coalesce = c.broadcast_coalesce.0;
+        cfg.compression = match c.compression {
+            CompressionMode::Off => Compression::Off,
+            CompressionMode::Shared => Compression::Shared,
+            CompressionMode::Dedicated => Compression::Dedicated,
+        };
+        cfg.compression_window_bits = c.compression_window_bits as u8;
+        cfg.compression_min_size = c.compression_min_size;
         cfg.max_conns = c.max_conns;
         if let Some(n) = c.max_conns_per_ip {
             cfg.max_conns_per_ip = n;
