@@ -349,8 +349,9 @@ impl Connection<'_> {
     /// compressed.
     #[inline(always)]
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
+        // A server without compression has no codec: one test, not a look at the phase.
         #[cfg(feature = "deflate")]
-        if self.core.deflate_bits() != 0 {
+        if self.ctx.deflate.is_some() && self.core.deflate_bits() != 0 {
             return self.send_deflated(msg);
         }
         let ctx = &mut *self.ctx;
