@@ -59,11 +59,13 @@ impl<H: Handler> Worker<H> {
         for &key in &keys {
             if let Some(conn) = self.conns.get_mut(key as usize) {
                 #[cfg(feature = "deflate")]
-                let bits = conn.session.core().deflate_bits();
-                if bits != 0 {
-                    if let Some(z) = self.ctx.compressed_frame(frame, bits, &mut compressed) {
-                        self.ctx.deliver(conn.session.core(), &mut conn.meta, key, z);
-                        continue;
+                {
+                    let bits = conn.session.core().deflate_bits();
+                    if bits != 0 {
+                        if let Some(z) = self.ctx.compressed_frame(frame, bits, &mut compressed) {
+                            self.ctx.deliver(conn.session.core(), &mut conn.meta, key, z);
+                            continue;
+                        }
                     }
                 }
                 self.ctx.deliver(conn.session.core(), &mut conn.meta, key, frame);

@@ -36,9 +36,11 @@ mod config;
 mod conn;
 mod connection;
 mod delivery;
+mod drain;
 mod expiry;
 mod gate;
 mod handler;
+mod inflate;
 pub mod metrics;
 
 /// Fuzzing entry points (see `fuzz/`); not a stable API.

@@ -368,58 +368,9 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Inflates a compressed message with the worker's decompressor and hands it to the
-    /// handler; a message that does not inflate fails the connection (1007, 1009).
-    #[cold]
-    #[allow(clippy::too_many_arguments)]
-    fn inflated(
-        ctx: &mut Ctx,
-        core: &mut crate::session::Core,
-        meta: &mut super::conn::Meta,
-        user: &mut H::State,
-        handler: &mut H,
-        key: u32,
-        text: bool,
-        payload: &[u8],
-    ) {
-        #[cfg(feature = "deflate")]
-        if let Some(mut codec) = ctx.deflate.take() {
-            let r = codec.inflate(payload, text, ctx.scfg.decoder.max_message);
-            // Out of ctx while the handler runs (it may send, which compresses with the
-            // same codec's compressor): the inflated bytes move aside, no copy.
-            let inflated = std::mem::take(&mut codec.inflated);
-            ctx.deflate = Some(codec);
-            match r {
-                Ok(()) => {
-                    let msg = if text {
-                        // Validated while inflating.
-                        Message::Text(std::str::from_utf8(&inflated).unwrap_or_default())
-                    } else {
-                        Message::Binary(&inflated)
-                    };
-                    let mut c = Connection { core, ctx: &mut *ctx, meta: &mut *meta, key };
-                    handler.on_message(&mut c, user, msg);
-                }
-                Err(e) => {
-                    log::info!("closing {}: {}", meta.ip(), e.reason());
-                    core.fail_protocol(e, &mut ctx.wpool, ctx.now_tick);
-                }
-            }
-            if let Some(codec) = ctx.deflate.as_mut() {
-                codec.inflated = inflated;
-            }
-            ctx.mark_dirty(meta, key);
-            return;
-        }
-        // Compressed input without a decompressor cannot be negotiated.
-        let _ = (text, payload, user, handler);
-        core.fail_protocol(crate::proto::ProtocolError::ReservedBits, &mut ctx.wpool, ctx.now_tick);
-        ctx.mark_dirty(meta, key);
-    }
-
     // ---- writing -----------------------------------------------------------------
 
-    fn flush_dirty(&mut self) {
+    pub(super) fn flush_dirty(&mut self) {
         let mut work = std::mem::take(&mut self.work);
         std::mem::swap(&mut work, &mut self.ctx.dirty);
         for &key in &work {
@@ -537,47 +488,9 @@ impl<H: Handler> Worker<H> {
         self.ctx.arm_session(conn, key);
     }
 
-    // ---- shutdown and removal ----------------------------------------------------
-
-    pub(super) fn begin_drain(&mut self) {
-        if self.drain_deadline.is_some() {
-            return;
-        }
-        self.drain_deadline = Some(self.ctx.clock_ns().saturating_add(self.ctx.cfg.drain_timeout.as_nanos() as u64));
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
-        }
-        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-        for key in keys {
-            let Some(conn) = self.conns.get_mut(key as usize) else {
-                continue;
-            };
-            let ctx = &mut self.ctx;
-            if conn.session.is_handshaking() {
-                conn.session.handle_abort(CloseCause::ShuttingDown);
-            } else {
-                let c = CloseCause::ShuttingDown;
-                conn.session.core().close(c, c.code(), c.reason(), &mut ctx.wpool, ctx.now_tick);
-                ctx.mark_dirty(&mut conn.meta, key);
-            }
-            self.end(key);
-        }
-        self.flush_dirty();
-    }
-
-    fn close_all(&mut self) {
-        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-        for key in keys {
-            if let Some(conn) = self.conns.get_mut(key as usize) {
-                conn.session.handle_abort(CloseCause::Stopped);
-                self.end(key);
-            }
-        }
-    }
-
     /// Drops a connection: the one exit. Gives its buffers back, leaves its topics,
     /// releases its admission slot and tells the handler.
-    fn remove(&mut self, key: u32, end: Option<crate::session::Closed>) {
+    pub(super) fn remove(&mut self, key: u32, end: Option<crate::session::Closed>) {
         if !self.conns.contains(key as usize) {
             return;
         }

@@ -169,6 +169,7 @@ impl Core {
         self.send_frame::<false>(op, payload, cfg, pool, now)
     }
 
+    #[cfg(feature = "deflate")]
     /// Queues a permessage-deflate message: `payload` is compressed already, and its
     /// frame goes out with RSV1 set.
     pub(crate) fn send_compressed(
