@@ -11,11 +11,38 @@ pub fn init(format: LogFormat) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if format == LogFormat::Json {
         b.format(|buf, record| {
-            let line = json_line(&buf.timestamp_micros().to_string(), record);
+            let line = json_line(&rfc3339_now(), record);
             writeln!(buf, "{line}")
+        });
+    } else {
+        b.format(|buf, record| {
+            writeln!(buf, "[{} {:<5} {}] {}", rfc3339_now(), record.level(), record.target(), record.args())
         });
     }
     b.init();
+}
+
+/// The time now as RFC 3339 in UTC with microseconds (`2026-12-01T23:52:14.123456Z`).
+/// Written here rather than through env_logger's `humantime` feature, whose date crate
+/// (jiff) costs about 200 KB of the binary for this one line.
+fn rfc3339_now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    rfc3339(d.as_secs(), d.subsec_micros())
+}
+
+fn rfc3339(secs: u64, micros: u32) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// `{"time":..,"level":..,"target":..,"message":..,<fields>}` without the newline.
@@ -76,6 +103,13 @@ fn push_str(o: &mut String, s: &str) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(super::rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(super::rfc3339(1_796_168_734, 123_456), "2026-12-01T23:45:34.123456Z");
+    }
+
     use super::*;
 
     #[test]
