@@ -359,11 +359,9 @@ impl<H: Handler> Worker<H> {
             }
         }
         ring.consume(pos);
-        if msgs > 0 {
-            let m = &ctx.metrics;
-            m.messages_in.add(msgs);
-            if let Some(t) = started {
-                m.observe_latency_ns(t.elapsed().as_nanos() as u64 / msgs);
+        if let Some(t) = started {
+            if msgs > 0 {
+                ctx.metrics.observe_latency_ns(t.elapsed().as_nanos() as u64 / msgs);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! frames under the backpressure policy and running the close handshake.
 
 use super::*;
+use crate::proto::frame::MAX_HEADER_LEN;
 
 impl Reader {
     /// Nothing pending: no partial frame, no message in progress.
@@ -208,6 +209,12 @@ impl Core {
             _ => return Sent::NotOpen,
         };
         let cap = cfg.max_backpressure;
+        // Far below the cap (the usual case), neither check below can trip: one
+        // comparison instead of two around the queueing.
+        if before + payload.len() + MAX_HEADER_LEN <= cap {
+            self.out.queue_frame::<RSV1>(pool, op, payload);
+            return Sent::Queued;
+        }
         let mut went_over = false;
         if before > 0 && before + payload.len() > cap && !op.is_control() {
             went_over = o.congest(now);
