@@ -359,10 +359,8 @@ impl<H: Handler> Worker<H> {
             }
         }
         ring.consume(pos);
-        if let Some(t) = started {
-            if msgs > 0 {
-                ctx.metrics.observe_latency_ns(t.elapsed().as_nanos() as u64 / msgs);
-            }
+        if let Some(ns) = started.and_then(|t| (t.elapsed().as_nanos() as u64).checked_div(msgs)) {
+            ctx.metrics.observe_latency_ns(ns);
         }
     }
 
