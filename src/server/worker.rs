@@ -95,7 +95,9 @@ impl<H: Handler> Worker<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            self.ctx.set_now(self.ctx.clock_ns());
+            let woke = self.ctx.clock_ns();
+            self.ctx.batching.polled(woke.saturating_sub(now));
+            self.ctx.set_now(woke);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
