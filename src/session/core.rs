@@ -52,6 +52,19 @@ impl Reader {
             Event::Deflated { text, payload } => return (n, deflated(core, text, payload, cfg, pool, now)),
             Event::Ping(p) => {
                 if core.is_open() {
+                    if core.out.len() > cfg.max_backpressure {
+                        // A peer that pings but does not read: queueing every pong
+                        // would grow the outbox without bound. RFC 6455 5.5.3 lets an
+                        // endpoint answer only the latest of several pings, and this
+                        // peer reads none of them; under `Close` it is a slow consumer
+                        // like any other.
+                        if cfg.backpressure_policy == BackpressurePolicy::Close {
+                            let c = CloseCause::SlowConsumer;
+                            core.close(c, c.code(), c.reason(), pool, now);
+                            return (n, Received::Closing(c));
+                        }
+                        return (n, Received::Control(OpCode::Ping));
+                    }
                     let _ = core.send(OpCode::Pong, p, cfg, pool, now);
                 }
                 return (n, Received::Control(OpCode::Ping));
