@@ -5,10 +5,13 @@
 #![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+#[path = "common/spawn.rs"]
+mod spawn;
+use spawn::spawn_wsloop;
 
 const WSLOOP: &str = env!("CARGO_BIN_EXE_wsloop");
 
@@ -229,30 +232,7 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(WSLOOP);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("WSLOOP_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wsloop");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn_wsloop(args, env);
         Server { child, lines }
     }
 
