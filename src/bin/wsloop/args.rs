@@ -565,10 +565,14 @@ fn redis_config(c: &Cli, m: &ArgMatches, max_message: usize) -> Result<Option<Re
             return Err("--redis-cluster shares rooms: use it with rooms".into());
         }
         if c.jwt_require_jti {
-            return Err("--jwt-require-jti keeps its jti records in one Redis: give --redis, not --redis-cluster".into());
+            return Err(
+                "--jwt-require-jti keeps its jti records in one Redis: give --redis, not --redis-cluster".into()
+            );
         }
         if c.redis_mode == RedisMode::Pattern {
-            return Err("--redis-mode pattern: sharded pub/sub has no patterns; --redis-cluster takes topic only".into());
+            return Err(
+                "--redis-mode pattern: sharded pub/sub has no patterns; --redis-cluster takes topic only".into()
+            );
         }
     }
     if c.mode != Mode::Rooms && !c.jwt_require_jti {
@@ -584,8 +588,7 @@ fn redis_config(c: &Cli, m: &ArgMatches, max_message: usize) -> Result<Option<Re
     #[cfg(feature = "redis")]
     {
         use wsloop::redis::{RedisConfig, SubscribeMode, TlsRoots};
-        let parsed =
-            if c.redis.is_some() { RedisConfig::from_url(url) } else { RedisConfig::from_cluster_urls(url) };
+        let parsed = if c.redis.is_some() { RedisConfig::from_url(url) } else { RedisConfig::from_cluster_urls(url) };
         let mut r = parsed.map_err(|e| {
             let shown = redact(url);
             format!("invalid value {shown:?} for {flag}: {}", e.replace(url.as_str(), &shown))
