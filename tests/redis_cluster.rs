@@ -5,7 +5,8 @@
 //! with SIGKILL while publishing goes on: local delivery never stops, delivery across
 //! nodes resumes within the cluster's node timeout plus 5 s once its replica is
 //! promoted, nothing arrives twice or out of order, and what was lost is exactly what
-//! the receiving node counts in `wsloop_redis_messages_lost_total`.
+//! the receiving node counts in `wsloop_redis_messages_lost_total`. Before that, one
+//! room's slot is moved to another shard (resharding) and the room follows it.
 //!
 //! redis-server and redis-cli come from Debian (scripts/test.sh installs them); without
 //! them the test is skipped, except under CI=true, where it fails.
@@ -120,6 +121,56 @@ impl Client {
     }
 }
 
+/// Every member (one per room per node) sends `PER_CLIENT` messages of `phase`, and a
+/// backend SPUBLISHes one plain payload per room to the room's shard; every member
+/// must get all of its room's, each sender's in order, none twice, none of another room.
+fn exchange(on_a: &mut [Client], on_b: &mut [Client], rooms: &[(String, u16)], phase: u32, backend_too: bool) {
+    const PER_CLIENT: u32 = 30;
+    for seq in 0..PER_CLIENT {
+        for c in on_a.iter_mut().chain(on_b.iter_mut()) {
+            c.send(phase, seq);
+        }
+    }
+    if backend_too {
+        for (room, p) in rooms {
+            let r = redis_str(*p, &["SPUBLISH", &format!("wsloop:{room}"), &format!("backend {room}")]).unwrap();
+            assert_eq!(r, Reply::Int(2), "two nodes subscribed to wsloop:{room}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, (room, _)) in rooms.iter().enumerate() {
+        for c in [&mut on_a[i], &mut on_b[i]] {
+            let mut next: HashMap<String, u32> = HashMap::new();
+            let mut backend = 0;
+            let want = 2 * PER_CLIENT as usize;
+            let mut got = 0;
+            while got < want || (backend_too && backend == 0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "phase {phase}: {}: {got} of {want} messages, next per sender {next:?}",
+                    c.name
+                );
+                for (p, from, seq) in c.drain() {
+                    if p == 0 {
+                        assert_eq!(from, format!("backend {room}"), "{}", c.name);
+                        backend += 1;
+                        continue;
+                    }
+                    assert_eq!(p, phase, "{}: a message of phase {p}", c.name);
+                    let n = next.entry(from.clone()).or_insert(0);
+                    assert_eq!(seq, *n, "phase {phase}: {}: {from}'s #{seq}, expected #{n}", c.name);
+                    assert!(from.ends_with(&format!("-{room}")), "{}: a message of another room: {from}", c.name);
+                    *n += 1;
+                    got += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let extra = c.drain();
+            assert!(extra.is_empty() && backend <= 1, "{}: arrived twice: {extra:?} (backend {backend})", c.name);
+        }
+    }
+}
+
 #[test]
 fn rooms_on_every_shard_of_a_redis_cluster_survive_a_primary_failover() {
     let (Some(server_bin), Some(cli_bin)) = (tool("redis-server"), tool("redis-cli")) else {
@@ -176,49 +227,40 @@ fn rooms_on_every_shard_of_a_redis_cluster_survive_a_primary_failover() {
     }
 
     // Phase 1: both nodes publish on every room; everyone gets everything once, in order.
-    const PER_CLIENT: u32 = 30;
-    for seq in 0..PER_CLIENT {
-        for c in on_a.iter_mut().chain(on_b.iter_mut()) {
-            c.send(1, seq);
-        }
+    exchange(&mut on_a, &mut on_b, &rooms, 1, true);
+
+    // Resharding: one room's slot moves to another shard. Its old owner drops the
+    // sharded subscriptions (a `sunsubscribe` push); the bridges read the map again and
+    // subscribe on the new owner, and publishes sent on the old map are redirected.
+    let victim = rooms[0].1;
+    let moving = rooms.iter().position(|(_, p)| *p != victim).unwrap();
+    let (from, to) = (rooms[moving].1, *primaries.iter().find(|&&p| p != victim && p != rooms[moving].1).unwrap());
+    let channel = format!("wsloop:{}", rooms[moving].0);
+    let slot = match redis_str(from, &["CLUSTER", "KEYSLOT", &channel]).unwrap() {
+        Reply::Int(n) => n.to_string(),
+        other => panic!("CLUSTER KEYSLOT: {other:?}"),
+    };
+    let id = |port: u16| redis_str(port, &["CLUSTER", "MYID"]).unwrap().text();
+    let (from_id, to_id) = (id(from), id(to));
+    let ok = |r: std::io::Result<Reply>| assert_eq!(r.unwrap(), Reply::Simple("OK".into()));
+    ok(redis_str(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]));
+    ok(redis_str(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]));
+    for p in [to, from] {
+        ok(redis_str(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
     }
-    // A backend's plain payload, SPUBLISHed to the shard: every node's members get it.
-    for (room, p) in &rooms {
-        let r = redis_str(*p, &["SPUBLISH", &format!("wsloop:{room}"), &format!("backend {room}")]).unwrap();
-        assert_eq!(r, Reply::Int(2), "two nodes subscribed to wsloop:{room}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for (i, (room, _)) in rooms.iter().enumerate() {
-        for c in [&mut on_a[i], &mut on_b[i]] {
-            let mut next: HashMap<String, u32> = HashMap::new();
-            let mut backend = 0;
-            let want = 2 * PER_CLIENT as usize;
-            let mut got = 0;
-            while got < want || backend == 0 {
-                assert!(Instant::now() < deadline, "{}: {got} of {want} messages, next per sender {next:?}", c.name);
-                for (phase, from, seq) in c.drain() {
-                    if phase == 0 {
-                        assert_eq!(from, format!("backend {room}"), "{}", c.name);
-                        backend += 1;
-                        continue;
-                    }
-                    let n = next.entry(from.clone()).or_insert(0);
-                    assert_eq!(seq, *n, "{}: {from}'s #{seq}, expected #{n}", c.name);
-                    assert!(from.ends_with(&format!("-{room}")), "{}: a message of another room: {from}", c.name);
-                    *n += 1;
-                    got += 1;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            let extra = c.drain();
-            assert!(extra.is_empty() && backend == 1, "{}: arrived twice: {extra:?} (backend {backend})", c.name);
-        }
-    }
+    rooms[moving].1 = to;
+    // Well within the bridge's periodic map read (15 s): it is the push that moves it.
+    assert!(
+        wait_until(Duration::from_secs(5), || shard_numsub(to, &channel) == 2),
+        "both nodes should follow {channel} to its new shard (port {to}); it reports {}",
+        shard_numsub(to, &channel)
+    );
+    assert_eq!(shard_numsub(from, &channel), 0, "the old shard dropped {channel}");
+    exchange(&mut on_a, &mut on_b, &rooms, 3, true);
 
     // Phase 2: node A's clients publish on every room, one message each per turn of
     // this loop (every 20 ms plus the reads), while the primary of the first room is
     // killed.
-    let victim = rooms[0].1;
     let victim_rooms: Vec<usize> = (0..rooms.len()).filter(|&i| rooms[i].1 == victim).collect();
     let lost_before = metric(b.admin, "wsloop_redis_messages_lost_total");
     let mut sent = 0u32;
