@@ -225,7 +225,7 @@ impl Driver {
                 self.queue_more = true;
             }
             let up = !self.shards.iter().all(Option::is_none)
-                && self.shards.iter().flatten().all(|s| s.publ.phase == Phase::Ready && s.subl.phase == Phase::Ready);
+                && self.shards.iter().flatten().all(|s| s.publ.is_up() && s.subl.is_up());
             self.inner.stats.connected.store(up, Ordering::Relaxed);
             self.housekeeping(now);
         }

@@ -102,6 +102,16 @@ impl Link {
         }
     }
 
+    /// Ready, and past the TLS handshake if there is one: what the `connected` gauge
+    /// reports.
+    pub fn is_up(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            return false;
+        }
+        self.phase == Phase::Ready
+    }
+
     pub fn pending_output(&self) -> usize {
         self.out.len() - self.written
     }

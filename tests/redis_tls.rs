@@ -1,0 +1,166 @@
+//! `rediss://`: two `wsloop rooms --redis rediss://app:...@127.0.0.1:PORT/ --redis-ca
+//! ca.pem` nodes share a room through a redis-server that speaks only TLS
+//! (`--port 0 --tls-port PORT`) and knows only the ACL user `app`, with a CA and a
+//! certificate for 127.0.0.1 made here with `openssl`. A node that trusts only the
+//! system's roots, and one with a wrong password, never connect, and say why.
+//!
+//! redis-server (built with TLS, as Debian's is) and openssl come from Debian
+//! (scripts/test.sh installs them); without them the test is skipped, except under
+//! CI=true, where it fails.
+#![cfg(all(feature = "redis", feature = "cli", feature = "tls"))]
+
+mod redis_util;
+
+use redis_util::*;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+/// A test CA (`ca.pem`) and a leaf for 127.0.0.1 and localhost (`leaf.pem`, `key.pem`).
+fn make_certs(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"];
+    openssl(
+        &[&["req", "-x509"][..], &ec, &["-subj", "/CN=wsloop redis test CA", "-keyout", "ca.key", "-out", "ca.pem"]]
+            .concat(),
+    );
+    openssl(
+        &[&["req", "-new"][..], &ec[..5], &["-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "leaf.csr"]]
+            .concat(),
+    );
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "leaf.pem",
+    ]);
+}
+
+fn log_has(dir: &Path, name: &str, needle: &str) -> bool {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default().contains(needle)
+}
+
+#[test]
+fn rooms_span_nodes_through_a_tls_only_redis_with_an_acl_user() {
+    let (Some(server_bin), Some(_)) = (tool("redis-server"), tool("openssl")) else {
+        return;
+    };
+    let tmp = TempDir::new("redis-tls");
+    let dir = tmp.0.as_path();
+    make_certs(dir);
+    let port = free_port();
+    let mut cmd = Command::new(&server_bin);
+    cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--tls-cert-file")
+        .arg(dir.join("leaf.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("key.pem"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.pem"))
+        .args(["--tls-auth-clients", "no"])
+        // Only the ACL user `app` may do anything; the default user is off.
+        .args(["--user", "default", "off"])
+        .args(["--user", "app", "on", ">s3cret", "~*", "&*", "+@all"])
+        .arg("--dir")
+        .arg(dir);
+    let mut redis = Proc::spawn("redis-server", &mut cmd, &dir.join("redis.log"));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            redis.assert_running();
+            accepts(port)
+        }),
+        "redis-server did not listen on its TLS port {port}"
+    );
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let url = format!("rediss://app:s3cret@127.0.0.1:{port}/");
+    let a = start_node("node-a", &["--redis", &url, "--redis-ca", ca], dir);
+    let b = start_node("node-b", &["--redis", &url, "--redis-ca", ca], dir);
+    // System roots do not vouch for the test CA; a wrong password is refused.
+    let c = start_node("node-c", &["--redis", &url], dir);
+    let bad = format!("rediss://app:wrong@127.0.0.1:{port}/");
+    let d = start_node("node-d", &["--redis", &bad, "--redis-ca", ca], dir);
+    for n in [&a, &b] {
+        assert!(
+            wait_until(Duration::from_secs(10), || metric(n.admin, "wsloop_redis_channels") == 0.0
+                && metric(n.admin, "wsloop_redis_connected") == 1.0),
+            "a node with the right CA and password connects over TLS"
+        );
+    }
+
+    let join = |port: u16| {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/news"), s).unwrap();
+        ws
+    };
+    let (mut on_a, mut on_b) = (join(a.port), join(b.port));
+    assert!(
+        wait_until(Duration::from_secs(10), || [&a, &b]
+            .iter()
+            .all(|n| metric(n.admin, "wsloop_redis_channels") == 2.0)),
+        "both nodes subscribe to the room's two channels over TLS"
+    );
+    for i in 0..20 {
+        on_a.send(Message::text(format!("a{i}"))).unwrap();
+        on_b.send(Message::binary(format!("b{i}").into_bytes())).unwrap();
+    }
+    on_a.send(Message::text("end-a")).unwrap();
+    on_b.send(Message::text("end-b")).unwrap();
+    for ws in [&mut on_a, &mut on_b] {
+        let (mut next_a, mut next_b, mut ends) = (0, 0, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ends < 2 {
+            assert!(Instant::now() < deadline, "got a0..a{next_a} and b0..b{next_b}, {ends} ends");
+            let m = ws.read().expect("read");
+            let text = String::from_utf8(m.clone().into_data().to_vec()).unwrap();
+            match text.as_bytes()[0] {
+                _ if text.starts_with("end-") => ends += 1,
+                b'a' => {
+                    assert!(m.is_text() && text == format!("a{next_a}"), "{text} out of order or twice");
+                    next_a += 1;
+                }
+                b'b' => {
+                    assert!(m.is_binary() && text == format!("b{next_b}"), "{text} out of order or twice");
+                    next_b += 1;
+                }
+                _ => panic!("unexpected {text}"),
+            }
+        }
+        assert_eq!((next_a, next_b), (20, 20), "every message once");
+    }
+    for n in [&a, &b] {
+        let m = metrics(n.admin);
+        assert_eq!(m["wsloop_redis_published_total"], 21.0, "{m:?}");
+        assert_eq!(m["wsloop_redis_received_total"], 21.0, "{m:?}");
+    }
+
+    assert_eq!(metric(c.admin, "wsloop_redis_connected"), 0.0);
+    assert!(
+        wait_until(Duration::from_secs(5), || log_has(dir, "node-c", "invalid peer certificate")),
+        "node-c should log why the certificate is refused"
+    );
+    assert_eq!(metric(d.admin, "wsloop_redis_connected"), 0.0);
+    assert!(
+        wait_until(Duration::from_secs(5), || log_has(dir, "node-d", "AUTH refused")),
+        "node-d should log that AUTH was refused"
+    );
+}
