@@ -25,7 +25,8 @@ pub(crate) struct SlotRange {
 
 /// What a `CLUSTER SLOTS` reply may make us buffer: 16384 ranges at most, nodes with
 /// their metadata maps four arrays deep.
-const LIMITS: Limits = Limits { max_bulk: 1024, max_array: SLOTS, max_depth: 4, max_line: 1024, max_reply: 16 << 20 };
+pub(crate) const LIMITS: Limits =
+    Limits { max_bulk: 1024, max_array: SLOTS, max_depth: 4, max_line: 1024, max_reply: 16 << 20 };
 
 /// Asks `at` for the topology.
 pub(crate) fn fetch(
