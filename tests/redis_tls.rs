@@ -2,7 +2,9 @@
 //! ca.pem` nodes share a room through a redis-server that speaks only TLS
 //! (`--port 0 --tls-port PORT`) and knows only the ACL user `app`, with a CA and a
 //! certificate for 127.0.0.1 made here with `openssl`. A node that trusts only the
-//! system's roots, and one with a wrong password, never connect, and say why.
+//! system's roots, and one with a wrong password, never connect, and say why. The same
+//! over a Redis Cluster of 3 TLS-only primaries (`tls-cluster yes`) with
+//! `--redis-cluster rediss://...`: rooms on every shard, both directions, once each.
 //!
 //! redis-server (built with TLS, as Debian's is) and openssl come from Debian
 //! (scripts/test.sh installs them); without them the test is skipped, except under
@@ -53,6 +55,22 @@ fn make_certs(dir: &Path) {
     ]);
 }
 
+/// The TLS-only redis-server arguments: certificates, no plain port, only user `app`.
+fn tls_args(cmd: &mut Command, dir: &Path, port: u16) {
+    cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--tls-cert-file")
+        .arg(dir.join("leaf.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("key.pem"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.pem"))
+        .args(["--tls-auth-clients", "no"])
+        // Only the ACL user `app` may do anything; the default user is off.
+        .args(["--user", "default", "off"])
+        .args(["--user", "app", "on", ">s3cret", "~*", "&*", "+@all"]);
+}
+
 fn log_has(dir: &Path, name: &str, needle: &str) -> bool {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default().contains(needle)
 }
@@ -67,20 +85,8 @@ fn rooms_span_nodes_through_a_tls_only_redis_with_an_acl_user() {
     make_certs(dir);
     let port = free_port();
     let mut cmd = Command::new(&server_bin);
-    cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .arg("--tls-cert-file")
-        .arg(dir.join("leaf.pem"))
-        .arg("--tls-key-file")
-        .arg(dir.join("key.pem"))
-        .arg("--tls-ca-cert-file")
-        .arg(dir.join("ca.pem"))
-        .args(["--tls-auth-clients", "no"])
-        // Only the ACL user `app` may do anything; the default user is off.
-        .args(["--user", "default", "off"])
-        .args(["--user", "app", "on", ">s3cret", "~*", "&*", "+@all"])
-        .arg("--dir")
-        .arg(dir);
+    tls_args(&mut cmd, dir, port);
+    cmd.arg("--dir").arg(dir);
     let mut redis = Proc::spawn("redis-server", &mut cmd, &dir.join("redis.log"));
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -163,4 +169,112 @@ fn rooms_span_nodes_through_a_tls_only_redis_with_an_acl_user() {
         wait_until(Duration::from_secs(5), || log_has(dir, "node-d", "AUTH refused")),
         "node-d should log that AUTH was refused"
     );
+}
+
+#[test]
+fn rooms_span_nodes_through_a_tls_only_redis_cluster() {
+    let (Some(server_bin), Some(cli_bin), Some(_)) = (tool("redis-server"), tool("redis-cli"), tool("openssl")) else {
+        return;
+    };
+    let tmp = TempDir::new("redis-tls-cluster");
+    let dir = tmp.0.as_path();
+    make_certs(dir);
+    let mut shards = Vec::new();
+    for n in 0..3 {
+        let (port, bus) = (free_port(), free_port());
+        let nd = dir.join(format!("r{n}"));
+        std::fs::create_dir_all(&nd).unwrap();
+        let mut cmd = Command::new(&server_bin);
+        tls_args(&mut cmd, dir, port);
+        cmd.args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string(), "--tls-cluster", "yes"])
+            .args(["--cluster-config-file", "nodes.conf", "--dir"])
+            .arg(&nd);
+        let mut p = Proc::spawn(&format!("redis-{n}"), &mut cmd, &dir.join(format!("redis-{n}.log")));
+        assert!(wait_until(Duration::from_secs(10), || {
+            p.assert_running();
+            accepts(port)
+        }));
+        shards.push((port, p));
+    }
+    let ca = dir.join("ca.pem");
+    let tls_cli = |args: &[&str]| {
+        Command::new(&cli_bin)
+            .args(["--tls", "--cacert"])
+            .arg(&ca)
+            .args(["--user", "app", "--pass", "s3cret", "--no-auth-warning"])
+            .args(args)
+            .output()
+            .expect("redis-cli")
+    };
+    let addrs: Vec<String> = shards.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+    let out = tls_cli(
+        &[&["--cluster", "create"][..], &addrs.iter().map(String::as_str).collect::<Vec<_>>(), &["--cluster-yes"]]
+            .concat(),
+    );
+    assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+    let port0 = shards[0].0.to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || String::from_utf8_lossy(
+            &tls_cli(&["-p", &port0, "cluster", "info"]).stdout
+        )
+        .contains("cluster_state:ok")),
+        "the TLS cluster did not become ok"
+    );
+    // A room on every shard, as the shards themselves say (the others answer MOVED).
+    let mut rooms: Vec<(String, u16)> = Vec::new();
+    for i in 0..100 {
+        let room = format!("t{i}");
+        for (p, _) in &shards {
+            let out = tls_cli(&["-p", &p.to_string(), "spublish", &format!("wsloop:{room}"), "probe"]);
+            if String::from_utf8_lossy(&out.stdout).trim().parse::<i64>().is_ok() && !rooms.iter().any(|(_, q)| q == p)
+            {
+                rooms.push((room.clone(), *p));
+            }
+        }
+        if rooms.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(rooms.len(), 3, "a room on every shard: {rooms:?}");
+    let ca_s = ca.to_str().unwrap();
+    let seeds = format!("rediss://app:s3cret@127.0.0.1:{}", shards[1].0);
+    let a = start_node("node-a", &["--redis-cluster", &seeds, "--redis-ca", ca_s], dir);
+    let b = start_node("node-b", &["--redis-cluster", &seeds, "--redis-ca", ca_s], dir);
+    for n in [&a, &b] {
+        assert!(
+            wait_until(Duration::from_secs(15), || metric(n.admin, "wsloop_redis_connected") == 1.0
+                && metric(n.admin, "wsloop_redis_shards") == 3.0),
+            "a node connects to every shard over TLS"
+        );
+    }
+    let join = |port: u16, room: &str| {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tungstenite::client(format!("ws://127.0.0.1:{port}/{room}"), s).unwrap().0
+    };
+    let mut pairs: Vec<_> = rooms.iter().map(|(r, _)| (join(a.port, r), join(b.port, r))).collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || [&a, &b]
+            .iter()
+            .all(|n| metric(n.admin, "wsloop_redis_channels") == 6.0)),
+        "both nodes subscribe to two channels per room"
+    );
+    for (i, (on_a, on_b)) in pairs.iter_mut().enumerate() {
+        for k in 0..10 {
+            on_a.send(Message::text(format!("a{i}.{k}"))).unwrap();
+            on_b.send(Message::text(format!("b{i}.{k}"))).unwrap();
+        }
+        for ws in [on_a, on_b] {
+            let mut got: Vec<String> = (0..20).map(|_| ws.read().unwrap().into_text().unwrap().to_string()).collect();
+            let from_a: Vec<_> = got.iter().filter(|m| m.starts_with('a')).cloned().collect();
+            got.retain(|m| m.starts_with('b'));
+            assert_eq!(from_a, (0..10).map(|k| format!("a{i}.{k}")).collect::<Vec<_>>(), "room {i}, in order");
+            assert_eq!(got, (0..10).map(|k| format!("b{i}.{k}")).collect::<Vec<_>>(), "room {i}, in order");
+        }
+    }
+    for n in [&a, &b] {
+        let m = metrics(n.admin);
+        assert_eq!(m["wsloop_redis_published_total"], 30.0, "{m:?}");
+        assert_eq!(m["wsloop_redis_received_total"], 30.0, "{m:?}");
+    }
 }
