@@ -169,6 +169,21 @@ fn rooms_span_nodes_through_a_tls_only_redis_with_an_acl_user() {
         wait_until(Duration::from_secs(5), || log_has(dir, "node-d", "AUTH refused")),
         "node-d should log that AUTH was refused"
     );
+
+    // The --jwt-require-jti check over the same TLS connection setup: a jti is claimed once.
+    #[cfg(feature = "jwt")]
+    {
+        use wsloop::auth::{AuthError, ReplayStore};
+        let mut cfg = wsloop::redis::RedisConfig::from_url(&url).unwrap();
+        cfg.tls = Some(wsloop::redis::TlsRoots::CaFile(dir.join("ca.pem")));
+        let store = wsloop::redis::RedisReplayStore::new(&cfg).timeout(Duration::from_secs(2));
+        let until = 4_000_000_000;
+        assert_eq!(store.claim("tls-jti", until, 0), Ok(()));
+        assert_eq!(store.claim("tls-jti", until, 0), Err(AuthError::Replayed));
+        cfg.tls = Some(wsloop::redis::TlsRoots::System);
+        let untrusting = wsloop::redis::RedisReplayStore::new(&cfg).timeout(Duration::from_secs(2));
+        assert_eq!(untrusting.claim("other", until, 0), Err(AuthError::ReplayCheckUnavailable));
+    }
 }
 
 #[test]

@@ -593,9 +593,6 @@ fn redis_config(c: &Cli, m: &ArgMatches, max_message: usize) -> Result<Option<Re
             let shown = redact(url);
             format!("invalid value {shown:?} for {flag}: {}", e.replace(url.as_str(), &shown))
         })?;
-        if r.tls.is_some() && c.jwt_require_jti {
-            return Err("--jwt-require-jti talks to Redis over plain TCP: give a redis:// URL".into());
-        }
         if let Some(ca) = &c.redis_ca {
             if r.tls.is_none() {
                 return Err(format!("--redis-ca needs a rediss:// URL in {flag}"));
