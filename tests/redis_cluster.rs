@@ -121,6 +121,22 @@ impl Client {
     }
 }
 
+/// `POST /publish/<room>` on a node's admin listener; the status code.
+fn api_publish(admin: u16, room: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", admin)).expect("admin");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!(
+        "POST /publish/{room} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer cluster-test-key\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
 /// Every member (one per room per node) sends `PER_CLIENT` messages of `phase`, and a
 /// backend SPUBLISHes one plain payload per room to the room's shard; every member
 /// must get all of its room's, each sender's in order, none twice, none of another room.
@@ -210,7 +226,9 @@ fn rooms_on_every_shard_of_a_redis_cluster_survive_a_primary_failover() {
 
     // Seeds: two of the nodes are enough to find the rest.
     let seeds = format!("redis://127.0.0.1:{},redis://127.0.0.1:{}", nodes[0].port, nodes[3].port);
-    let a = start_node("node-a", &["--redis-cluster", &seeds], dir);
+    std::fs::write(dir.join("publish.key"), "cluster-test-key\n").unwrap();
+    let key_file = dir.join("publish.key");
+    let a = start_node("node-a", &["--redis-cluster", &seeds, "--publish-key-file", key_file.to_str().unwrap()], dir);
     let b = start_node("node-b", &["--redis-cluster", &seeds], dir);
     let mut on_a: Vec<Client> = rooms.iter().map(|(r, _)| Client::connect(&format!("a-{r}"), a.port, r)).collect();
     let mut on_b: Vec<Client> = rooms.iter().map(|(r, _)| Client::connect(&format!("b-{r}"), b.port, r)).collect();
@@ -245,6 +263,16 @@ fn rooms_on_every_shard_of_a_redis_cluster_survive_a_primary_failover() {
     let ok = |r: std::io::Result<Reply>| assert_eq!(r.unwrap(), Reply::Simple("OK".into()));
     ok(redis_str(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]));
     ok(redis_str(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]));
+    // Mid-migration the old owner still serves the room's shard channels (Redis answers
+    // sharded pub/sub there until `SETSLOT NODE`, never with ASK): a publish arrives.
+    on_a[moving].send(9, 0);
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < end {
+        got = on_b[moving].drain();
+    }
+    assert_eq!(got, [(9, on_a[moving].name.clone(), 0)], "mid-migration, node B gets the message once");
+    assert_eq!(metric(a.admin, r#"wsloop_redis_redirects_total{kind="ask"}"#), 0.0);
     for p in [to, from] {
         ok(redis_str(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
     }
@@ -256,7 +284,48 @@ fn rooms_on_every_shard_of_a_redis_cluster_survive_a_primary_failover() {
         shard_numsub(to, &channel)
     );
     assert_eq!(shard_numsub(from, &channel), 0, "the old shard dropped {channel}");
+    // A's own member got it too, locally.
+    assert_eq!(on_a[moving].drain(), [(9, on_a[moving].name.clone(), 0)]);
+    assert_eq!(on_b[moving].drain(), [], "nothing twice");
     exchange(&mut on_a, &mut on_b, &rooms, 3, true);
+
+    // A stale map: a room with members on node B only, fed through node A's HTTP API.
+    // Node A subscribes to nothing there, so no push tells it the slot moved: its
+    // publish comes back MOVED, and it sends it on to the new owner.
+    let lone = (0..200)
+        .map(|i| format!("lone{i}"))
+        .find(|r| owner(&primaries, &format!("wsloop:{r}")) == Some(from))
+        .expect("a room on the shard the first room left");
+    let lone_channel = format!("wsloop:{lone}");
+    let mut lone_b = Client::connect("b-lone", b.port, &lone);
+    assert!(wait_until(Duration::from_secs(10), || shard_numsub(from, &lone_channel) == 1));
+    let lone_slot = match redis_str(from, &["CLUSTER", "KEYSLOT", &lone_channel]).unwrap() {
+        Reply::Int(n) => n.to_string(),
+        other => panic!("CLUSTER KEYSLOT: {other:?}"),
+    };
+    assert_eq!(api_publish(a.admin, &lone, "before"), 200);
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < end {
+        got = lone_b.drain();
+    }
+    assert_eq!(got, [(0, "before".to_string(), 0)]);
+    ok(redis_str(to, &["CLUSTER", "SETSLOT", &lone_slot, "IMPORTING", &from_id]));
+    ok(redis_str(from, &["CLUSTER", "SETSLOT", &lone_slot, "MIGRATING", &to_id]));
+    for p in [to, from] {
+        ok(redis_str(p, &["CLUSTER", "SETSLOT", &lone_slot, "NODE", &to_id]));
+    }
+    assert!(wait_until(Duration::from_secs(5), || shard_numsub(to, &lone_channel) == 1), "node B follows");
+    let moved = r#"wsloop_redis_redirects_total{kind="moved"}"#;
+    let moved_before = metric(a.admin, moved);
+    assert_eq!(api_publish(a.admin, &lone, "after"), 200);
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < end {
+        got = lone_b.drain();
+    }
+    assert_eq!(got, [(0, "after".to_string(), 0)], "the MOVED publish reaches node B once");
+    assert_eq!(metric(a.admin, moved), moved_before + 1.0, "node A followed one MOVED");
 
     // Phase 2: node A's clients publish on every room, one message each per turn of
     // this loop (every 20 ms plus the reads), while the primary of the first room is
