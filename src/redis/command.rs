@@ -58,10 +58,7 @@ pub(crate) fn publish_len(prefix: &str, topic: &str, payload: usize) -> usize {
 
 /// The slot of topic `topic`'s channels.
 pub(crate) fn topic_slot(prefix: &str, topic: &str) -> u16 {
-    let mut name = Vec::with_capacity(prefix.len() + topic.len());
-    name.extend_from_slice(prefix.as_bytes());
-    name.extend_from_slice(topic.as_bytes());
-    slot::of(&name)
+    slot::of_concat(prefix.as_bytes(), topic.as_bytes())
 }
 
 /// The hash tag, braces included, that starts a node channel in a cluster.

@@ -19,8 +19,15 @@
 //! lost for the others (`wsloop_redis_lost_total`). The thread reconnects with
 //! exponential backoff and subscribes again.
 //!
+//! With a Redis Cluster ([`Deployment::Cluster`]) the thread keeps a publishing and a
+//! subscribed connection per shard, reads the slot map with `CLUSTER SLOTS`, and uses
+//! sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`) so that each room's traffic stays on the
+//! shard that owns its slot; it follows `MOVED`, `ASK`, slot moves and failovers
+//! (`driver.rs`). `rediss://` puts TLS (rustls) under any of these connections.
+//!
 //! Node-to-node messages travel in an [`envelope`] (the publishing node's id, the
-//! WebSocket opcode, the payload) on each topic's node channel, `<prefix>\0<topic>`. A
+//! WebSocket opcode, a sequence number, the payload) on each topic's node channel,
+//! `<prefix>\0<topic>` (in a cluster with a hash tag in front: `command.rs`). A
 //! backend publishes into the cluster with any Redis client on the topic's own channel:
 //! `PUBLISH wsloop:news hello` reaches room `news` on every node unchanged, as text when
 //! it is UTF-8 and as binary otherwise.

@@ -15,8 +15,12 @@ pub(crate) const SLOTS: usize = 16384;
 
 /// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), Redis Cluster's key hash.
 pub(crate) fn crc16(bytes: &[u8]) -> u16 {
+    crc16_of(bytes.iter().copied())
+}
+
+fn crc16_of(bytes: impl Iterator<Item = u8>) -> u16 {
     let mut crc = 0u16;
-    for &b in bytes {
+    for b in bytes {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
             crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
@@ -35,6 +39,20 @@ pub(crate) fn of(name: &[u8]) -> u16 {
         None => name,
     };
     crc16(key) % SLOTS as u16
+}
+
+/// The slot of the name `a` followed by `b`, without joining them (a publish's room
+/// channel is the prefix, then the topic: no allocation on the worker for it).
+pub(crate) fn of_concat(a: &[u8], b: &[u8]) -> u16 {
+    let name = || a.iter().chain(b).copied();
+    let hashed = match name().position(|c| c == b'{') {
+        Some(open) => match name().skip(open + 1).position(|c| c == b'}') {
+            Some(len) if len > 0 => crc16_of(name().skip(open + 1).take(len)),
+            _ => crc16_of(name()),
+        },
+        None => crc16_of(name()),
+    };
+    hashed % SLOTS as u16
 }
 
 /// The alphabet the tags are spelled in, in the order they are tried.
@@ -98,6 +116,12 @@ mod tests {
         assert_eq!(of(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
         assert_eq!(of(b"foo{bar"), crc16(b"foo{bar") % 16384);
         assert_eq!(of(b"foo{{bar}}zap"), crc16(b"{bar") % 16384);
+        // Split anywhere, the same slot.
+        for name in [&b"somekey"[..], b"foo{hash_tag}", b"foo{}{bar}", b"foo{{bar}}zap", b"{a}", b"x{"] {
+            for cut in 0..=name.len() {
+                assert_eq!(of_concat(&name[..cut], &name[cut..]), of(name), "{name:?} cut at {cut}");
+            }
+        }
     }
 
     #[test]
