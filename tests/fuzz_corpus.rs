@@ -47,6 +47,12 @@ fn resp_seeds_pass() {
     replay("resp", wsloop::redis::fuzzing::resp);
 }
 
+#[cfg(feature = "redis")]
+#[test]
+fn cluster_slots_seeds_pass() {
+    replay("cluster_slots", wsloop::redis::fuzzing::cluster_slots);
+}
+
 #[test]
 fn session_seeds_pass() {
     replay("session", wsloop::session::fuzzing::session);
