@@ -477,7 +477,9 @@ fn jwk_key(jwk: &Map<String, Value>) -> Result<VerifyKey, String> {
     match jwk.get("alg") {
         None => Ok(key),
         Some(Value::String(a)) if a == key.alg().name() => Ok(key),
-        Some(a) => Err(format!("alg {a} does not match kty {kty} (which is {})", key.alg().name())),
+        // Named without serde_json's writer, which only this message would pull in.
+        Some(Value::String(a)) => Err(format!("alg {a:?} does not match kty {kty} (which is {})", key.alg().name())),
+        Some(_) => Err("\"alg\" is not a string".into()),
     }
 }
 
@@ -1267,7 +1269,11 @@ mod tests {
             (r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#, "JWKS key 1"),
             (
                 r#"{"kty":"oct","alg":"RS256","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#,
-                "does not match kty",
+                "alg \"RS256\" does not match kty oct (which is HS256)",
+            ),
+            (
+                r#"{"kty":"oct","alg":7,"k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#,
+                "\"alg\" is not a string",
             ),
             (r#"{"kty":"oct","k":"not base64!"}"#, "not base64url"),
             (
