@@ -44,6 +44,12 @@ pub(crate) struct Ctx {
     pub tls_on: bool,
     #[cfg(feature = "tls")]
     pub tls: Vec<Option<Box<crate::tls::TlsConn>>>,
+    /// Ciphertext buffers, lent to a TLS connection only while it has bytes in flight.
+    #[cfg(feature = "tls")]
+    pub tls_pool: BufPool,
+    /// Where several outgoing slices are gathered into one record.
+    #[cfg(feature = "tls")]
+    pub tls_stage: Box<[u8]>,
     pub wheel: TimerWheel<TimerEvent>,
     /// `clock::monotonic_ns` when the worker started: the origin of its clock.
     pub start_ns: u64,
@@ -102,6 +108,11 @@ impl Ctx {
             tls_on: cfg.tls.is_some(),
             #[cfg(feature = "tls")]
             tls: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls_pool: BufPool::new(crate::tls::layer::TLS_BUF, cfg.pool_keep),
+            #[cfg(feature = "tls")]
+            tls_stage: vec![0u8; if cfg.tls.is_some() { crate::tls::layer::MAX_FRAGMENT } else { 0 }]
+                .into_boxed_slice(),
             wheel: TimerWheel::new(1024),
             start_ns: super::clock::monotonic_ns(),
             now_ns: 0,
