@@ -83,6 +83,8 @@ pub struct Stack {
     /// The layer failed (its alert, if any, is in `out`).
     pub failed: Option<rustls::Error>,
     pub peer_closed: bool,
+    /// Bytes written (or sealed) before the last call into the layer.
+    before_call: usize,
 }
 
 impl Default for Stack {
@@ -112,6 +114,7 @@ impl Stack {
             out: Vec::new(),
             failed: None,
             peer_closed: false,
+            before_call: 0,
         }
     }
 
@@ -137,6 +140,7 @@ impl Stack {
 
     fn absorb(&mut self) {
         for _ in 0..10_000 {
+            self.before_call = self.out.len() + self.tls.output().len();
             match self.tls.absorb(&mut self.ring, &mut self.pool) {
                 Ok(Absorbed::NeedInput) => break,
                 Ok(Absorbed::Plaintext) => {
@@ -180,6 +184,28 @@ impl Stack {
                     self.failed = Some(e);
                     return;
                 }
+            }
+        }
+    }
+
+    /// What the server wrote is whole TLS records; after a failure, what the failing
+    /// call added ends with at most one alert (plaintext, or encrypted: a short
+    /// application-data record) and nothing follows it.
+    pub fn check_records(&self) {
+        let mut pos = 0;
+        let mut last = None;
+        while pos < self.out.len() {
+            assert!(pos + 5 <= self.out.len(), "a partial record header written");
+            let len = u16::from_be_bytes([self.out[pos + 3], self.out[pos + 4]]) as usize;
+            assert!(len <= 16384 + 2048, "a record over the limit written");
+            last = Some((pos, self.out[pos], len));
+            pos += 5 + len;
+        }
+        assert_eq!(pos, self.out.len(), "a partial record written");
+        if self.failed.is_some() {
+            if let Some((at, typ, len)) = last.filter(|l| l.0 >= self.before_call) {
+                let alert = (typ == 0x15 && len == 2) || (typ == 0x17 && len <= 40);
+                assert!(alert, "not an alert after the failure: type {typ} of {len} bytes at {at}");
             }
         }
     }
@@ -239,11 +265,18 @@ impl Pair {
                 if self.client.process_new_packets().is_err() || matches!(r, Ok(0)) {
                     return;
                 }
+                let mut progress = before > back.len();
                 loop {
                     match self.client.reader().read(&mut buf) {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                        Ok(n) => {
+                            progress = true;
+                            self.received.extend_from_slice(&buf[..n]);
+                        }
                     }
+                }
+                if !progress {
+                    return;
                 }
             }
             if !had && !got {
@@ -279,10 +312,7 @@ pub fn tls_session(data: &[u8]) {
         };
         let mut s = Stack::new();
         s.receive(rest, cut as usize * 64 + 1);
-        if s.failed.is_some() {
-            let out = &s.out;
-            assert!(out.len() <= 7 && out.first().is_none_or(|b| *b == 0x15), "only an alert after a failure: {out:?}");
-        }
+        s.check_records();
         s.finish();
         return;
     }
@@ -322,6 +352,7 @@ pub fn tls_session(data: &[u8]) {
         }
     }
     p.exchange(cut, None);
+    p.server.check_records();
     if p.server.failed.is_none() {
         let wire = &p.server.session.wire.bytes;
         assert!(p.received.len() <= wire.len(), "the client got more than the session wrote");
