@@ -44,12 +44,6 @@ pub(crate) struct Ctx {
     pub tls_on: bool,
     #[cfg(feature = "tls")]
     pub tls: Vec<Option<Box<crate::tls::TlsConn>>>,
-    /// Ciphertext buffers, lent to a TLS connection only while it has bytes in flight.
-    #[cfg(feature = "tls")]
-    pub tls_pool: BufPool,
-    /// Where several outgoing slices are gathered into one record.
-    #[cfg(feature = "tls")]
-    pub tls_stage: Box<[u8]>,
     pub wheel: TimerWheel<TimerEvent>,
     /// `clock::monotonic_ns` when the worker started: the origin of its clock.
     pub start_ns: u64,
@@ -75,6 +69,13 @@ pub(crate) struct Ctx {
     /// The worker's one compressor and decompressor (`compression` not `Off`).
     #[cfg(feature = "deflate")]
     pub deflate: Option<Box<crate::deflate::codec::Codec>>,
+    /// Ciphertext buffers, lent to a TLS connection only while it has bytes in flight.
+    /// (Last: the plain path's fields keep their places.)
+    #[cfg(feature = "tls")]
+    pub tls_pool: BufPool,
+    /// Where several outgoing slices are gathered into one record.
+    #[cfg(feature = "tls")]
+    pub tls_stage: Box<[u8]>,
 }
 
 /// Verified JWT claims (with the `jwt` feature).
