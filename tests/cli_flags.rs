@@ -211,7 +211,7 @@ fn bench_errors_are_one_line_too() {
     let bench = env!("CARGO_BIN_EXE_wsloop-bench");
     let cases: &[(&[&str], &str)] = &[
         (&["echo", "--url", "ws://127.0.0.1:1/", "--hold", "3"], "--hold does not apply to echo mode (only to idle)"),
-        (&["echo", "--url", "wss://h/"], "invalid value \"wss://h/\" for --url: expected ws://HOST[:PORT][/PATH]"),
+        (&["echo", "--url", "ftp://h/"], "invalid value \"ftp://h/\" for --url: expected ws[s]://HOST[:PORT][/PATH]"),
         (&["flood"], "unknown mode \"flood\": expected echo, idle or broadcast"),
         (&[], "no mode given: expected echo, idle or broadcast"),
     ];

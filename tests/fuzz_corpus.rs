@@ -73,3 +73,9 @@ fn admin_chunked_seeds_pass() {
 fn jwt_seeds_pass() {
     replay("jwt", wsloop::auth::fuzzing::jwt);
 }
+
+#[cfg(feature = "tls")]
+#[test]
+fn tls_session_seeds_pass() {
+    replay("tls_session", wsloop::tls::fuzzing::tls_session);
+}

@@ -290,3 +290,56 @@ fn cli_bad_cert_or_key_exits_2_naming_the_file() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("does not match"), "{err}");
 }
+
+/// `wsloop-bench` in every mode over wss://, trusting the test CA (`--ca`) or any
+/// certificate: every echo checked, every connection opened and closed cleanly.
+#[cfg(feature = "bench")]
+#[test]
+fn wsloop_bench_speaks_wss_in_every_mode() {
+    let dir = certs::make_cert("bench", "ec");
+    let (server, _store) = tls_server(&dir, Config::default());
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let runs: &[&[&str]] = &[
+        &[
+            "echo",
+            "--conns",
+            "4",
+            "--size",
+            "5000",
+            "--inflight",
+            "4",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--ca",
+            ca,
+        ],
+        &["echo", "--conns", "2", "--duration", "0.3", "--warmup", "0"],
+        &["idle", "--conns", "20", "--hold", "0.2", "--ca", ca],
+        &["broadcast", "--subs", "3", "--rate", "200", "--duration", "0.5", "--warmup", "0.1", "--ca", ca],
+    ];
+    for args in runs {
+        let out = Command::new(env!("CARGO_BIN_EXE_wsloop-bench"))
+            .args(&args[..1])
+            .args(["--url", &url, "-q"])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let result = stdout.lines().last().unwrap_or_default();
+        assert!(out.status.success(), "{args:?}: {result}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(result.starts_with("RESULT") && result.contains(" errors=0"), "{args:?}: {result}");
+    }
+    // A CA that did not sign the server's certificate: every connection fails.
+    let other = certs::make_cert("bench-other", "ec");
+    let out = Command::new(env!("CARGO_BIN_EXE_wsloop-bench"))
+        .args(["idle", "--url", &url, "-q", "--conns", "2", "--hold", "0.1", "--connect-timeout", "2", "--ca"])
+        .arg(other.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an untrusted certificate is an error");
+    assert_eq!(server.handle().open_connections(), 0);
+}

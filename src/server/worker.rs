@@ -195,6 +195,8 @@ impl<H: Handler> Worker<H> {
             self.last_trim = self.ctx.now_tick;
             self.ctx.rpool.trim();
             self.ctx.wpool.trim();
+            #[cfg(feature = "tls")]
+            self.ctx.tls_pool.trim();
         }
         let end = self.ctx.clock_ns();
         let m = &self.ctx.metrics;
@@ -499,8 +501,8 @@ impl<H: Handler> Worker<H> {
         }
         conn.session.release(&mut ctx.rpool, &mut ctx.wpool);
         #[cfg(feature = "tls")]
-        if let Some(slot) = ctx.tls.get_mut(key as usize) {
-            *slot = None;
+        if let Some(t) = ctx.tls.get_mut(key as usize).and_then(Option::take) {
+            t.release(&mut ctx.tls_pool);
         }
         ctx.leave_all(&mut conn.meta, key);
         let Some(end) = end else {
