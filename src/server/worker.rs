@@ -334,6 +334,9 @@ impl<H: Handler> Worker<H> {
                     msgs += 1;
                     Self::inflated(ctx, core, &mut conn.meta, user, handler, key, text, payload);
                 }
+                Received::DeflatedPart { text, payload } => {
+                    Self::inflate_part(ctx, core, &mut conn.meta, key, text, payload)
+                }
                 Received::Control(op) => {
                     // Indexes of `metrics::OPCODES`.
                     let i = match op {
@@ -499,6 +502,8 @@ impl<H: Handler> Worker<H> {
         if let Some(id) = conn.meta.timer.take() {
             ctx.wheel.cancel(id);
         }
+        #[cfg(feature = "deflate")]
+        ctx.forget_deflate(key);
         conn.session.release(&mut ctx.rpool, &mut ctx.wpool);
         #[cfg(feature = "tls")]
         if let Some(slot) = ctx.tls.get_mut(key as usize) {

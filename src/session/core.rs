@@ -49,6 +49,7 @@ impl Reader {
             Event::Text(s) => Message::Text(s),
             Event::Binary(b) => Message::Binary(b),
             Event::Deflated { text, payload } => return (n, deflated(core, text, payload, cfg, pool, now)),
+            Event::DeflatedPart { text, payload } => return (n, Received::DeflatedPart { text, payload }),
             Event::Ping(p) => {
                 if core.is_open() {
                     let _ = core.send(OpCode::Pong, p, cfg, pool, now);
@@ -139,12 +140,23 @@ impl Core {
         matches!(self.phase, Phase::Open(_))
     }
 
-    /// The server window bits of a negotiated permessage-deflate; 0: not negotiated
-    /// (see [`Session::set_deflate`]).
+    /// Whether permessage-deflate was negotiated (see [`Session::set_deflate`]): the
+    /// send path's one test.
     #[inline(always)]
-    pub fn deflate_bits(&self) -> u8 {
+    pub fn compresses(&self) -> bool {
+        self.deflate_byte() != 0
+    }
+
+    /// What permessage-deflate negotiated, if it was.
+    #[inline]
+    pub fn deflate(&self) -> Option<crate::deflate::Agreed> {
+        crate::deflate::Agreed::from_byte(self.deflate_byte())
+    }
+
+    #[inline(always)]
+    fn deflate_byte(&self) -> u8 {
         match self.phase {
-            Phase::Open(Open { deflate_bits, .. }) | Phase::Handshaking { deflate_bits, .. } => deflate_bits,
+            Phase::Open(Open { deflate, .. }) | Phase::Handshaking { deflate, .. } => deflate,
             _ => 0,
         }
     }

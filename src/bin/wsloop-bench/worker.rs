@@ -233,7 +233,7 @@ impl Ctx {
             }
             Event::Pong(_) => return true,
             // The load generator offers no extension: a compressed frame is the server's fault.
-            Event::Deflated { .. } => return false,
+            Event::Deflated { .. } | Event::DeflatedPart { .. } => return false,
             Event::Close(c) => {
                 if let State::Closing { acked: false } = s.state {
                     s.state = State::Closing { acked: true };
