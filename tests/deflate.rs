@@ -217,3 +217,65 @@ fn a_closed_connection_leaves_no_deflate_state_to_its_key() {
         assert!(wait_until(Duration::from_secs(5), || server.handle().open_connections() == 0));
     }
 }
+
+/// Echoes every message and, for one starting with "all:", also publishes it to every
+/// connection (itself included): a connection's own sends and broadcasts interleave.
+struct EchoAndPublish;
+
+impl wsloop::server::Handler for EchoAndPublish {
+    type State = ();
+
+    fn on_open<'r>(
+        &mut self,
+        conn: &mut wsloop::server::Connection<'_>,
+        _req: &wsloop::proto::handshake::Request<'_, 'r>,
+    ) -> Result<wsloop::server::Accept<'r, ()>, wsloop::server::Reject> {
+        conn.subscribe("all");
+        Ok(wsloop::server::Accept::default())
+    }
+
+    fn on_message(&mut self, conn: &mut wsloop::server::Connection<'_>, _: &mut (), msg: wsloop::server::Message<'_>) {
+        if msg.as_bytes().starts_with(b"all:") {
+            conn.publish("all", msg);
+        } else {
+            let _ = conn.send(msg);
+        }
+    }
+}
+
+/// Reads one frame; returns (RSV1 set, payload).
+fn read_message(s: &mut std::net::TcpStream) -> (bool, Vec<u8>) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut h = [0u8; 2];
+    std::io::Read::read_exact(s, &mut h).unwrap();
+    let n = match h[1] & 0x7f {
+        126 => {
+            let mut e = [0u8; 2];
+            std::io::Read::read_exact(s, &mut e).unwrap();
+            u16::from_be_bytes(e) as usize
+        }
+        n => n as usize,
+    };
+    std::io::Read::read_exact(s, &mut buf[..n]).unwrap();
+    buf.truncate(n);
+    (h[0] & 0x40 != 0, buf)
+}
+
+/// In dedicated mode a compressed broadcast (made without the connection's context)
+/// lands in the client's window between the context's own messages; the context is
+/// dropped then, so the echoes after it still inflate in a context-keeping client.
+#[test]
+fn dedicated_context_survives_broadcasts_between_its_messages() {
+    let cfg = Config { workers: 1, compression: Compression::Dedicated, ..Config::default() };
+    let server = TestServer::start(cfg, |_| EchoAndPublish);
+    let mut s = deflate_conn(&server);
+    let mut client = ClientInflater(flate2::Decompress::new(false));
+    let own = br#"{"own":"message","n":12345,"text":"repeated repeated repeated repeated"}"#.repeat(2);
+    let all = [b"all:".as_slice(), br#"{"broadcast":"to everyone","n":678,"pad":"xxxxxxxxxxxxxxxxxxxxxxxx"}"#].concat();
+    for (round, msg) in [&own[..], &own, &all, &own, &all, &all, &own, &own].iter().enumerate() {
+        s.write_all(&raw_peer::frame(true, raw_peer::OP_TEXT, msg)).unwrap();
+        let (compressed, z) = read_message(&mut s);
+        assert!(compressed, "round {round}");
+        assert_eq!(client.message(&z), *msg, "round {round}");
+    }
+}

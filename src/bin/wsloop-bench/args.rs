@@ -240,6 +240,9 @@ struct IdleArgs {
     /// how long to hold them open
     #[arg(long, value_name = "SECS", value_parser = secs(true, MAX_SECS), default_value_t = Secs(Duration::from_secs(10)))]
     hold: Secs,
+    /// offer permessage-deflate (the server's memory per connection that negotiated it)
+    #[arg(long)]
+    deflate: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -289,6 +292,7 @@ fn options(c: Cli) -> Result<Options, String> {
         ModeArgs::Idle(a) => {
             let mut o = base(Mode::Idle, a.common, a.conns, 0, None, 1);
             o.hold = a.hold.0;
+            o.deflate = a.deflate;
             return Ok(o);
         }
         ModeArgs::Broadcast(a) => {

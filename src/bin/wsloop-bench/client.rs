@@ -255,6 +255,11 @@ impl Conn {
         }
     }
 
+    /// The server accepted the permessage-deflate offer.
+    pub fn deflate_negotiated(&self) -> bool {
+        self.inflater.is_some()
+    }
+
     /// Reads once into the free end of the read buffer.
     pub fn read_once(&mut self) -> ReadOutcome {
         if self.rstart == self.rend {

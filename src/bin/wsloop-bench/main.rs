@@ -347,6 +347,7 @@ fn run(opts: &Options) -> Result<u64, String> {
         skipped += r.skipped_sends;
     }
     let opened: u64 = reports.iter().map(|r| r.opened).sum::<u64>().max(opened);
+    let negotiated: u64 = reports.iter().map(|r| r.negotiated).sum();
     let connect_per_s = ratio(opened as f64, connect_secs);
 
     // Report.
@@ -409,6 +410,10 @@ fn run(opts: &Options) -> Result<u64, String> {
             res.fixed("delivery_ratio", delivery_ratio, 4).int("sent", window_sent).int("delivered", window_msgs);
             res.int("skipped_sends", skipped).latency(&latency).fixed("connect_per_s", connect_per_s, 1);
         }
+    }
+    if opts.deflate {
+        println!("permessage-deflate negotiated on {negotiated} of {opened} connections");
+        res.int("deflate_conns", negotiated);
     }
     if matches!(opts.mode, Mode::Echo | Mode::Broadcast) {
         // Frames and all, server to client: with --deflate, what compression leaves.

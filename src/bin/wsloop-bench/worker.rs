@@ -165,6 +165,7 @@ pub struct WorkerReport {
     pub handshake: Histogram<u64>,
     pub errors: Errors,
     pub opened: u64,
+    pub negotiated: u64,
     pub window_msgs: u64,
     pub window_bytes: u64,
     /// Bytes read from the server in the window.
@@ -189,6 +190,8 @@ struct Ctx {
     latency: Histogram<u64>,
     handshake: Histogram<u64>,
     opened: u64,
+    /// Connections whose offer of permessage-deflate was accepted.
+    negotiated: u64,
     msgs: u64,
     window_msgs: u64,
     window_bytes: u64,
@@ -374,6 +377,7 @@ pub fn run(cfg: WorkerConfig, shared: Arc<Shared>, poll: Poll) -> io::Result<Wor
         latency: latency_histogram(),
         handshake: latency_histogram(),
         opened: 0,
+        negotiated: 0,
         msgs: 0,
         window_msgs: 0,
         window_bytes: 0,
@@ -413,6 +417,7 @@ pub fn run(cfg: WorkerConfig, shared: Arc<Shared>, poll: Poll) -> io::Result<Wor
         handshake: ctx.handshake,
         errors: ctx.errors,
         opened: ctx.opened,
+        negotiated: ctx.negotiated,
         window_msgs: ctx.window_msgs,
         window_bytes: ctx.window_bytes,
         window_wire: ctx.window_wire,
@@ -676,6 +681,7 @@ impl Worker {
                     Ok(true) => {
                         self.connecting -= 1;
                         self.ctx.opened += 1;
+                        self.ctx.negotiated += conn.deflate_negotiated() as u64;
                         let us = now.saturating_duration_since(conn.session.started).as_micros() as u64;
                         self.ctx.handshake.saturating_record(us);
                     }
