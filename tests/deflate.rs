@@ -279,3 +279,25 @@ fn dedicated_context_survives_broadcasts_between_its_messages() {
         assert_eq!(client.message(&z), *msg, "round {round}");
     }
 }
+
+/// `compression_max_contexts` bounds a worker's compressors: the second connection
+/// gets none while the first holds the only one, and its echoes still inflate.
+#[test]
+fn dedicated_contexts_stop_at_the_cap() {
+    let cfg =
+        Config { workers: 1, compression: Compression::Dedicated, compression_max_contexts: 1, ..Config::default() };
+    let server = TestServer::echo(cfg);
+    let contexts = || server.handle().metrics()[0].deflate_dedicated_contexts.get();
+    let msg = br#"{"a":"json-like","b":[1,2,3],"c":"more words more words more words"}"#.repeat(2);
+    let mut conns: Vec<_> =
+        (0..2).map(|_| (deflate_conn(&server), ClientInflater(flate2::Decompress::new(false)))).collect();
+    for round in 0..3 {
+        for (i, (s, client)) in conns.iter_mut().enumerate() {
+            s.write_all(&raw_peer::frame(true, raw_peer::OP_TEXT, &msg)).unwrap();
+            let (compressed, z) = read_message(s);
+            assert!(compressed, "conn {i} round {round}");
+            assert_eq!(client.message(&z), msg, "conn {i} round {round}");
+        }
+        assert_eq!(contexts(), 1, "round {round}");
+    }
+}

@@ -32,11 +32,20 @@ pub(crate) struct Contexts {
     bytes: u64,
     /// The worker's wheel holds a sweep (one at most, while any compressor is held).
     pub sweep_armed: bool,
+    /// Compressors held at most (`compression_max_contexts`).
+    max: usize,
 }
 
 impl Contexts {
-    pub fn new(idle_ns: u64) -> Self {
-        Contexts { by_key: HashMap::new(), out: Vec::new(), idle_ns, bytes: 0, sweep_armed: false }
+    pub fn new(idle_ns: u64, max: usize) -> Self {
+        Contexts { by_key: HashMap::new(), out: Vec::new(), idle_ns, bytes: 0, sweep_armed: false, max }
+    }
+
+    /// Connection `key` holds a compressor or may get one: below the cap. Past it, a
+    /// connection's messages are compressed without context by the worker's compressor
+    /// (valid in any stream; its context, when it gets one, starts after them).
+    pub fn has_room_for(&self, key: u32) -> bool {
+        self.by_key.len() < self.max || self.by_key.contains_key(&key)
     }
 
     /// Compressors held now.
@@ -120,7 +129,7 @@ mod tests {
     #[test]
     fn context_shrinks_repeated_messages_and_survives_a_release() {
         let msg = br#"{"type":"quote","symbol":"ACME","bid":101.25,"ask":101.27,"venue":"XNYS"}"#.repeat(3);
-        let mut ded = Contexts::new(1_000);
+        let mut ded = Contexts::new(1_000, 1);
         let mut shared = Codec::new();
         let alone = shared.compress(&msg, 15).len();
         let z = |d: &mut Contexts, t| {
@@ -133,6 +142,8 @@ mod tests {
         assert!(second.len() * 4 < alone, "{} vs {alone}", second.len());
         wire.push(second);
         assert_eq!((ded.len(), ded.bytes()), (1, context_bytes(15)));
+        // At the cap of one: the holder keeps its compressor, another gets none.
+        assert!(ded.has_room_for(7) && !ded.has_room_for(8));
         // Quiet for less than idle_ns: kept; then freed.
         assert_eq!(ded.sweep(500), 0);
         assert_eq!(ded.sweep(1_010), 1);

@@ -139,6 +139,10 @@ pub struct Config {
     /// is checked every this long, so freed within twice it). Its next message starts
     /// a new context.
     pub compression_idle: Duration,
+    /// `dedicated` mode: per-connection compressors a worker holds at most (default
+    /// 512, at most ~186 MiB per worker with 15-bit windows); past it, connections
+    /// without one get their messages compressed without context.
+    pub compression_max_contexts: usize,
 }
 
 impl Default for Config {
@@ -183,6 +187,7 @@ impl Default for Config {
             compression_window_bits: 15,
             compression_min_size: 64,
             compression_idle: Duration::from_secs(5),
+            compression_max_contexts: 512,
         }
     }
 }

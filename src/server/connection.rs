@@ -143,7 +143,7 @@ impl Ctx {
             #[cfg(feature = "deflate")]
             dedicated: (cfg.compression == crate::deflate::Compression::Dedicated).then(|| {
                 let idle = cfg.compression_idle.as_nanos().min(u64::MAX as u128) as u64;
-                Box::new(crate::deflate::dedicated::Contexts::new(idle))
+                Box::new(crate::deflate::dedicated::Contexts::new(idle, cfg.compression_max_contexts))
             }),
             cfg,
             shared,
@@ -395,7 +395,7 @@ impl Connection<'_> {
             (Some(a), Some(codec), dedicated) if payload.len() >= ctx.cfg.compression_min_size => {
                 let bits = a.server_max_window_bits;
                 let z = match dedicated {
-                    Some(d) if a.server_context_takeover => {
+                    Some(d) if a.server_context_takeover && d.has_room_for(self.key) => {
                         d.compress(self.key, bits, payload, ctx.now_ns);
                         ctx.metrics.deflate_dedicated_contexts.set(d.len() as u64);
                         ctx.metrics.deflate_dedicated_bytes.set(d.bytes());
