@@ -65,20 +65,18 @@ pub enum Event<'a> {
     /// A complete permessage-deflate message (RSV1 on its first frame, only once
     /// [`Decoder::set_deflate`] allowed it), still compressed: the caller inflates it,
     /// checking the size limit as it goes and, for text, UTF-8.
+    ///
+    /// A message that arrives in parts (fragments, or a long frame across reads) comes
+    /// as several events, `end` on the last: the caller inflates each part at once, so
+    /// bad UTF-8 fails the connection as early as in a plain text message. (One variant
+    /// for both, so the plain path's matches keep their shape.)
     Deflated {
         /// A text message (else binary).
         text: bool,
-        /// The compressed payload, without the stripped tail; only the bytes after the
-        /// last [`Event::DeflatedPart`] if one came.
-        payload: &'a [u8],
-    },
-    /// More compressed bytes of a permessage-deflate message still in progress (the end
-    /// of a fragment, or of a read inside a long frame): the caller inflates them now,
-    /// so bad UTF-8 fails the connection as early as in a plain text message.
-    DeflatedPart {
-        /// A text message (else binary).
-        text: bool,
-        /// The compressed bytes since the last part.
+        /// The message is complete with this part.
+        end: bool,
+        /// The compressed bytes since the last part (all of them for a message that
+        /// came whole), without the stripped tail.
         payload: &'a [u8],
     },
 }
@@ -448,7 +446,7 @@ impl Decoder {
             Kind::DeflatedBinary => false,
         };
         self.flags |= CLEAR_ASSEMBLED;
-        Some(Event::DeflatedPart { text, payload: self.assembled_bytes() })
+        Some(Event::Deflated { text, end: false, payload: self.assembled_bytes() })
     }
 
     fn assembly(&mut self) -> &mut Vec<u8> {
@@ -464,8 +462,8 @@ impl Decoder {
         self.flags |= CLEAR_ASSEMBLED;
         Ok(match msg.kind {
             Kind::Binary => Event::Binary(self.assembled_bytes()),
-            Kind::DeflatedText => Event::Deflated { text: true, payload: self.assembled_bytes() },
-            Kind::DeflatedBinary => Event::Deflated { text: false, payload: self.assembled_bytes() },
+            Kind::DeflatedText => Event::Deflated { text: true, end: true, payload: self.assembled_bytes() },
+            Kind::DeflatedBinary => Event::Deflated { text: false, end: true, payload: self.assembled_bytes() },
             Kind::Text => {
                 self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                 // SAFETY: every byte went through the validator, which saw a complete end.
@@ -518,8 +516,8 @@ impl From<Event<'_>> for OwnedEvent {
             Event::Ping(b) => OwnedEvent::Ping(b.to_vec()),
             Event::Pong(b) => OwnedEvent::Pong(b.to_vec()),
             Event::Close(c) => OwnedEvent::Close(c.map(|(c, r)| (c.0, r.to_owned()))),
-            Event::Deflated { text, payload } => OwnedEvent::Deflated(text, payload.to_vec()),
-            Event::DeflatedPart { text, payload } => OwnedEvent::DeflatedPart(text, payload.to_vec()),
+            Event::Deflated { text, end: true, payload } => OwnedEvent::Deflated(text, payload.to_vec()),
+            Event::Deflated { text, end: false, payload } => OwnedEvent::DeflatedPart(text, payload.to_vec()),
         }
     }
 }

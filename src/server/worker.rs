@@ -329,13 +329,13 @@ impl<H: Handler> Worker<H> {
                     let mut c = Connection { core, ctx: &mut *ctx, meta: &mut conn.meta, key };
                     handler.on_message(&mut c, user, msg);
                 }
-                Received::Deflated { text, payload } => {
+                Received::Deflated { text, end: false, payload } => {
+                    Self::inflate_part(ctx, core, &mut conn.meta, key, text, payload)
+                }
+                Received::Deflated { text, end: true, payload } => {
                     ctx.metrics.frames_in[if text { 1 } else { 2 }].inc();
                     msgs += 1;
                     Self::inflated(ctx, core, &mut conn.meta, user, handler, key, text, payload);
-                }
-                Received::DeflatedPart { text, payload } => {
-                    Self::inflate_part(ctx, core, &mut conn.meta, key, text, payload)
                 }
                 Received::Control(op) => {
                     // Indexes of `metrics::OPCODES`.

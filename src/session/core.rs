@@ -48,8 +48,7 @@ impl Reader {
         let msg = match ev {
             Event::Text(s) => Message::Text(s),
             Event::Binary(b) => Message::Binary(b),
-            Event::Deflated { text, payload } => return (n, deflated(core, text, payload, cfg, pool, now)),
-            Event::DeflatedPart { text, payload } => return (n, Received::DeflatedPart { text, payload }),
+            Event::Deflated { text, end, payload } => return (n, deflated(core, text, end, payload, cfg, pool, now)),
             Event::Ping(p) => {
                 if core.is_open() {
                     let _ = core.send(OpCode::Pong, p, cfg, pool, now);
@@ -76,17 +75,22 @@ impl Reader {
 }
 
 /// A compressed message, for the driver to inflate: the same rules as for a plain one
-/// (ignored after our close, counted by the rate limit). Apart, off the plain path.
+/// (ignored after our close, counted by the rate limit, at its end). Apart, off the
+/// plain path. A part before the end goes to the driver as it is.
 #[cold]
 #[inline(never)]
 fn deflated<'a>(
     core: &mut Core,
     text: bool,
+    end: bool,
     payload: &'a [u8],
     cfg: &SessionConfig,
     pool: &mut BufPool,
     now: Tick,
 ) -> Received<'a> {
+    if !end {
+        return Received::Deflated { text, end, payload };
+    }
     let Phase::Open(o) = &mut core.phase else {
         return Received::Nothing;
     };
@@ -95,7 +99,7 @@ fn deflated<'a>(
         core.close(c, c.code(), c.reason(), pool, now);
         return Received::Closing(c);
     }
-    Received::Deflated { text, payload }
+    Received::Deflated { text, end: true, payload }
 }
 
 impl Open {

@@ -746,7 +746,7 @@ fn decode(ring: &mut Ring, s: &mut Session<u8>, env: &mut Env) {
                 env.closing.push(cause);
                 env.queued(before, core.buffered(), false);
             }
-            Received::Deflated { .. } | Received::DeflatedPart { .. } => {
+            Received::Deflated { .. } => {
                 panic!("a compressed message without permessage-deflate negotiated")
             }
             Received::Nothing if n == 0 => break,

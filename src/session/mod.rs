@@ -278,19 +278,16 @@ pub enum Received<'a> {
     Message(Message<'a>),
     /// A complete permessage-deflate message, still compressed: the driver inflates it
     /// (and fails the connection through [`Core::fail_protocol`] if that fails).
+    ///
+    /// A message that arrives in parts comes as several, `end` on the last: the driver
+    /// inflates each part at once (so bad UTF-8 closes as early as in a plain message).
     Deflated {
         /// Text (else binary).
         text: bool,
-        /// The compressed payload (after the last part, if parts came).
-        payload: &'a [u8],
-    },
-    /// More compressed bytes of a message still in progress: the driver inflates them
-    /// now (so bad UTF-8 closes as early as in a plain message) and the message's end
-    /// comes as [`Received::Deflated`].
-    DeflatedPart {
-        /// Text (else binary).
-        text: bool,
-        /// The compressed bytes since the last part.
+        /// The message is complete with this part.
+        end: bool,
+        /// The compressed bytes since the last part (all of them for a message that
+        /// came whole).
         payload: &'a [u8],
     },
 }

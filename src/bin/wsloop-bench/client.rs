@@ -334,13 +334,13 @@ impl Conn {
             // Compressed messages are inflated here (only with --deflate: the decoder
             // lets RSV1 in only after the server accepted the offer).
             let ev = match (ev, inflater.as_mut()) {
-                (Event::DeflatedPart { payload, .. }, Some(i)) => {
+                (Event::Deflated { end: false, payload, .. }, Some(i)) => {
                     let first = !i.in_message;
                     i.inflate(payload, first, false).map_err(|_| ProtocolError::CorruptCompressed)?;
                     i.in_message = true;
                     continue;
                 }
-                (Event::Deflated { text, payload }, Some(i)) => {
+                (Event::Deflated { text, end: true, payload }, Some(i)) => {
                     let first = !i.in_message;
                     i.inflate(payload, first, true).map_err(|_| ProtocolError::CorruptCompressed)?;
                     i.in_message = false;

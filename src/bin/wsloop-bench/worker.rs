@@ -243,7 +243,7 @@ impl Ctx {
             Event::Pong(_) => return true,
             // Inflated by the connection when --deflate negotiated it; otherwise the
             // decoder refuses RSV1 before this.
-            Event::Deflated { .. } | Event::DeflatedPart { .. } => return false,
+            Event::Deflated { .. } => return false,
             Event::Close(c) => {
                 if let State::Closing { acked: false } = s.state {
                     s.state = State::Closing { acked: true };
