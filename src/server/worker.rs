@@ -333,7 +333,10 @@ impl<H: Handler> Worker<H> {
                     let mut c = Connection { core, ctx: &mut *ctx, meta: &mut conn.meta, key };
                     handler.on_message(&mut c, user, msg);
                 }
-                Received::Deflated { text, payload } => {
+                Received::Deflated { text, end: false, payload } => {
+                    Self::inflate_part(ctx, core, &mut conn.meta, key, text, payload)
+                }
+                Received::Deflated { text, end: true, payload } => {
                     ctx.metrics.frames_in[if text { 1 } else { 2 }].inc();
                     msgs += 1;
                     Self::inflated(ctx, core, &mut conn.meta, user, handler, key, text, payload);
@@ -499,6 +502,8 @@ impl<H: Handler> Worker<H> {
         if let Some(id) = conn.meta.timer.take() {
             ctx.wheel.cancel(id);
         }
+        #[cfg(feature = "deflate")]
+        ctx.forget_deflate(key);
         conn.session.release(&mut ctx.rpool, &mut ctx.wpool);
         #[cfg(feature = "tls")]
         if let Some(t) = ctx.tls.get_mut(key as usize).and_then(Option::take) {
