@@ -53,6 +53,9 @@ pub(crate) struct Ctx {
     /// Worker clock (ns since `start`) at the start of this loop turn.
     pub now_ns: u64,
     pub now_tick: Tick,
+    /// Handling latency is sampled in one loop turn of 64 (two clock reads per batch are
+    /// a visible share of a 32-byte echo); decided once per turn.
+    pub sample_latency: bool,
     pub tick_ns: u64,
     pub ticks_per_sec: u32,
     /// Connections with output to flush at the end of the turn.
@@ -139,6 +142,7 @@ impl Ctx {
             start_ns: super::clock::monotonic_ns(),
             now_ns: 0,
             now_tick: 0,
+            sample_latency: false,
             tick_ns: cfg.tick.as_nanos().clamp(1, u64::MAX as u128) as u64,
             ticks_per_sec: (1_000_000_000 / cfg.tick.as_nanos().max(1)).clamp(1, u32::MAX as u128) as u32,
             batching: Batching::new(cfg.broadcast_coalesce.as_nanos().min(u64::MAX as u128) as u64),
