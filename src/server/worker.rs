@@ -128,6 +128,7 @@ impl<H: Handler> Worker<H> {
                 }
             }
             now = self.after_events();
+            self.ctx.batching.worked(now.saturating_sub(woke));
             if self.stop {
                 break;
             }
