@@ -29,6 +29,26 @@ pub trait Bridge: Send + Sync + 'static {
     /// subscribers). Must not block: drop and count rather than wait.
     fn published(&self, topic: &str, msg: Message<'_>);
 
+    /// Whether the bridge numbers messages itself, keeping each room's history where
+    /// every node reads it (Redis streams). Then, with `Config::history`, a publish on
+    /// this node goes to the bridge only, and reaches this node's subscribers when the
+    /// bridge hands it back, numbered, with [`Publisher::publish_numbered`]: every node
+    /// sees one order.
+    ///
+    /// [`Publisher::publish_numbered`]: super::Publisher::publish_numbered
+    fn numbers_messages(&self) -> bool {
+        false
+    }
+
+    /// Reads `topic`'s shared history, off the calling thread, and hands it over with
+    /// [`Publisher::history_read`]; called at most once per room at a time, when a
+    /// client's position is older than what this node holds. Must not block.
+    ///
+    /// [`Publisher::history_read`]: super::Publisher::history_read
+    fn read_history(&self, topic: &str) {
+        let _ = topic;
+    }
+
     /// Appends the bridge's metric families, in Prometheus text format, to the admin
     /// listener's `/metrics` page.
     fn write_metrics(&self, out: &mut String) {

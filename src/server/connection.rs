@@ -62,6 +62,8 @@ pub(crate) struct Ctx {
     pub topics: LocalTopics,
     /// Publishes made by handlers on this worker, delivered after the callback returns.
     pub local_pubs: Vec<(Arc<str>, Arc<[u8]>)>,
+    /// Connections being served from history (see `feed`).
+    pub replaying: Vec<u32>,
     /// The verified token of the connection in `on_open`.
     pub claims: Option<Claims>,
     /// Tokens of pending application timers.
@@ -114,6 +116,7 @@ impl Ctx {
             deferred: Vec::new(),
             topics: LocalTopics::default(),
             local_pubs: Vec::new(),
+            replaying: Vec::new(),
             claims: None,
             app_tokens: slab::Slab::new(),
             #[cfg(feature = "deflate")]
@@ -207,8 +210,8 @@ impl Ctx {
         sent.status()
     }
 
-    /// Queues a pre-encoded broadcast frame for a subscriber.
-    pub fn deliver(&mut self, core: &mut Core, meta: &mut Meta, key: u32, frame: &[u8]) {
+    /// Queues a pre-encoded broadcast frame for a subscriber; false when it was dropped.
+    pub fn deliver(&mut self, core: &mut Core, meta: &mut Meta, key: u32, frame: &[u8]) -> bool {
         let sent = core.deliver(frame, &self.scfg, &mut self.wpool, self.now_tick);
         if sent.went_over() {
             self.metrics.backpressure_events.inc();
@@ -220,12 +223,14 @@ impl Ctx {
                     // Closed for being slow: the close frame goes out with the turn.
                     self.mark_dirty(meta, key);
                 }
+                false
             }
-            SendStatus::Dropped => {}
+            SendStatus::Dropped => false,
             _ => {
                 self.metrics.messages_out.inc();
                 self.metrics.broadcast_deliveries.inc();
                 self.mark_deferred(meta, key);
+                true
             }
         }
     }
@@ -265,25 +270,29 @@ impl Ctx {
         cache.as_ref().map(|(_, f)| f.as_slice())
     }
 
-    pub fn subscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) {
+    /// Subscribes; false when already subscribed.
+    pub fn subscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) -> bool {
         let list = meta.topics.get_or_insert_with(Default::default);
-        if list.iter().any(|t| &**t == topic) {
-            return;
+        if list.names.iter().any(|t| &**t == topic) {
+            return false;
         }
-        list.push(topic.into());
+        list.names.push(topic.into());
+        list.cursors.push(super::recovery::Cursor::Bare);
         let first = self.topics.subscribe(topic, key);
         self.shared.count_subscriber(topic, self.id, true, first);
+        true
     }
 
     pub fn unsubscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) {
         let Some(list) = meta.topics.as_mut() else {
             return;
         };
-        let Some(i) = list.iter().position(|t| &**t == topic) else {
+        let Some(i) = list.names.iter().position(|t| &**t == topic) else {
             return;
         };
-        list.swap_remove(i);
-        if list.is_empty() {
+        list.names.swap_remove(i);
+        list.cursors.swap_remove(i);
+        if list.names.is_empty() {
             meta.topics = None;
         }
         let last = self.topics.unsubscribe(topic, key);
@@ -293,7 +302,7 @@ impl Ctx {
     /// Leaves every topic of a connection that is going away.
     pub fn leave_all(&mut self, meta: &mut Meta, key: u32) {
         if let Some(topics) = meta.topics.take() {
-            for t in topics.iter() {
+            for t in topics.names.iter() {
                 let last = self.topics.unsubscribe(t, key);
                 self.shared.count_subscriber(t, self.id, false, last);
             }
@@ -304,6 +313,20 @@ impl Ctx {
     /// other workers through their bounded queues (a full one refuses the whole
     /// publish, counted), the bridge after them.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
+        if let Some(history) = &self.shared.history {
+            // Numbered under the history's lock and delivered through every worker's
+            // inbox, this one's too: one order for all.
+            return match self.shared.publish_history(history, topic, msg, true) {
+                Ok(p) => {
+                    self.metrics.publishes.inc();
+                    p.workers
+                }
+                Err(_) => {
+                    self.metrics.publishes_refused.inc();
+                    0
+                }
+            };
+        }
         let mask = self.shared.topic_mask(topic);
         let others = mask & !(1u64 << self.id);
         if !self.shared.reserve_publish(others) {
@@ -431,6 +454,15 @@ impl Connection<'_> {
         self.ctx.subscribe(self.meta, self.key, topic);
     }
 
+    /// Subscribes this connection to `topic` with offsets (needs `Config::history`;
+    /// without it, a plain [`Connection::subscribe`]): each message then reaches it in
+    /// the `wsloop.v1` form, and with `since` it first gets every message after that
+    /// position, then live ones, or an `l` message saying why it cannot. On a topic
+    /// already subscribed, starts that recovery.
+    pub fn subscribe_numbered(&mut self, topic: &str, since: Option<super::history::Seq>) {
+        self.ctx.subscribe_numbered(self.meta, self.key, topic, since);
+    }
+
     /// Unsubscribes this connection from `topic`.
     pub fn unsubscribe(&mut self, topic: &str) {
         self.ctx.unsubscribe(self.meta, self.key, topic);
@@ -439,7 +471,8 @@ impl Connection<'_> {
     /// Publishes to every subscriber of `topic` on every worker (this connection too,
     /// if subscribed); returns the number of workers reached, 0 when another worker's
     /// publish queue (`Config::publish_queue`) was full and the publish was refused
-    /// (counted in `wsloop_publishes_refused_total{source="client"}`).
+    /// (counted in `wsloop_publishes_refused_total{source="client"}`); 0 too when a
+    /// bridge that numbers messages took it (it comes back through the bridge).
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
         self.ctx.publish(topic, msg)
     }
@@ -452,7 +485,7 @@ impl Connection<'_> {
 
     /// Topics this connection subscribed to, in order.
     pub fn topics(&self) -> &[Box<str>] {
-        self.meta.topics.as_deref().map_or(&[], |v| v.as_slice())
+        self.meta.topics.as_deref().map_or(&[], |v| v.names.as_slice())
     }
 
     /// A publisher for use outside callbacks (other threads).

@@ -140,7 +140,7 @@ impl<H: Handler> Worker<H> {
         // Work left for the next turn (output queued by a connection whose reading
         // resumed during this turn's flushes, more to accept, local publishes): look at
         // the sockets and come straight back.
-        if self.accept_more || !self.ctx.local_pubs.is_empty() || !self.ctx.dirty.is_empty() {
+        if self.accept_more || !self.ctx.local_pubs.is_empty() || !self.ctx.dirty.is_empty() || self.replay_ready() {
             return Some(Duration::ZERO);
         }
         let mut at = u64::MAX;
@@ -174,6 +174,7 @@ impl<H: Handler> Worker<H> {
             self.run_timers();
         }
         self.deliver_local_pubs();
+        self.pump_replays();
         if !self.ctx.dirty.is_empty() {
             self.flush_dirty();
         }
