@@ -41,9 +41,11 @@ mod driver;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
+mod history_reader;
 #[cfg(feature = "jwt")]
 mod jti;
 mod resp;
+pub mod streams;
 
 pub use config::{RedisConfig, SubscribeMode};
 #[cfg(feature = "jwt")]
@@ -62,6 +64,8 @@ use std::sync::{Arc, Mutex};
 pub struct RedisBridge {
     inner: Arc<Inner>,
     queue: SyncSender<Vec<u8>>,
+    /// With `RedisConfig::history`: the thread that reads rooms' streams.
+    history: Option<(history_reader::HistoryReader, crate::server::WeakPublisher)>,
 }
 
 /// What the bridge (called on worker threads) and its Redis thread share.
@@ -139,9 +143,16 @@ impl RedisBridge {
             inner.cfg.mode,
             inner.node
         );
+        let history = match inner.cfg.history {
+            0 => None,
+            _ => Some((
+                history_reader::HistoryReader::start(inner.cfg.clone(), publisher.downgrade())?,
+                publisher.downgrade(),
+            )),
+        };
         let driver = driver::Driver::new(poll, inner.clone(), rx, publisher.downgrade());
         std::thread::Builder::new().name("wsloop-redis".into()).spawn(move || driver.run())?;
-        Ok(Arc::new(RedisBridge { inner, queue }))
+        Ok(Arc::new(RedisBridge { inner, queue, history }))
     }
 
     /// This node's id in the envelopes it publishes.
@@ -186,11 +197,24 @@ impl Bridge for RedisBridge {
         self.inner.wake();
     }
 
+    fn numbers_messages(&self) -> bool {
+        self.history.is_some()
+    }
+
+    fn read_history(&self, topic: &str) {
+        if let Some((reader, server)) = &self.history {
+            reader.read(topic, server);
+        }
+    }
+
     fn published(&self, topic: &str, msg: Message<'_>) {
         let cfg = &self.inner.cfg;
         let payload = msg.as_bytes();
         let channel_len = cfg.prefix.len() + envelope::NODE_CHANNEL_MARK.len() + topic.len();
-        let len = resp::encoded_len(3, 7 + channel_len + envelope::HEADER_LEN + payload.len());
+        let len = match cfg.history {
+            0 => resp::encoded_len(3, 7 + channel_len + envelope::HEADER_LEN + payload.len()),
+            _ => streams::APPEND_OVERHEAD + 2 * (channel_len + 2) + payload.len(),
+        };
         // Both bounds are checked before anything is allocated.
         let before = self.inner.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if before + len > cfg.queue_bytes {
@@ -198,10 +222,17 @@ impl Bridge for RedisBridge {
             return;
         }
         let mut cmd = Vec::with_capacity(len);
-        resp::command(&mut cmd, 3);
-        resp::arg(&mut cmd, &[b"PUBLISH"]);
-        resp::arg(&mut cmd, &[cfg.prefix.as_bytes(), envelope::NODE_CHANNEL_MARK, topic.as_bytes()]);
-        resp::arg(&mut cmd, &[&envelope::header(self.inner.node, msg), payload]);
+        if cfg.history > 0 {
+            // Appended to the room's stream and published in one step: one order for
+            // every node, which all deliver it when it comes back numbered.
+            let ttl_ms = cfg.history_ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+            streams::append_command(&mut cmd, &cfg.prefix, topic, msg, cfg.history, ttl_ms);
+        } else {
+            resp::command(&mut cmd, 3);
+            resp::arg(&mut cmd, &[b"PUBLISH"]);
+            resp::arg(&mut cmd, &[cfg.prefix.as_bytes(), envelope::NODE_CHANNEL_MARK, topic.as_bytes()]);
+            resp::arg(&mut cmd, &[&envelope::header(self.inner.node, msg), payload]);
+        }
         // The estimate reserved room; the queue accounts the exact size from here on.
         self.inner.queued_bytes.fetch_sub(len.saturating_sub(cmd.len()), Ordering::Relaxed);
         let len = cmd.len();
@@ -282,6 +313,14 @@ impl Bridge for RedisBridge {
             "Channels (or patterns) this node is subscribed to, as Redis last reported.",
             &[("", get(&s.channels))],
         );
+        if let Some((reader, _)) = &self.history {
+            family(
+                "wsloop_redis_history_reads_total",
+                "counter",
+                "Rooms' streams read from Redis (XRANGE), to serve clients older than this node's history.",
+                &[("", reader.reads.load(Ordering::Relaxed))],
+            );
+        }
         family(
             "wsloop_redis_queue_bytes",
             "gauge",

@@ -295,6 +295,14 @@ impl Store {
         log.touched_ns = now_ns;
     }
 
+    /// Cache: drops what is kept of `room` (this node no longer follows it). A single
+    /// node keeps its history: it is the only one.
+    pub fn forget(&mut self, room: &str) {
+        if !self.local && self.rooms.get(room).is_some_and(|l| !l.filling) {
+            self.rooms.remove(room);
+        }
+    }
+
     /// A fill that failed makes `Pending` readers give up: the answer they get.
     pub fn unavailable(&self, room: &str) -> Read {
         let (last, epoch) = self.rooms.get(room).map_or((0, 0), |l| (l.last, l.epoch));

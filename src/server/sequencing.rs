@@ -72,10 +72,12 @@ impl Publisher {
         };
         let frame = frame_message(msg);
         let mut store = history.lock().unwrap_or_else(|e| e.into_inner());
-        if !store.insert(topic, seq, frame.clone(), super::clock::monotonic_ns()) {
+        let entry = shared.topic(topic);
+        // A room this node does not follow (its last subscriber left; the bridge's
+        // unsubscribe is on its way) is not cached: its next messages would not be.
+        if entry.mask == 0 || !store.insert(topic, seq, frame.clone(), super::clock::monotonic_ns()) {
             return Ok(Published::default());
         }
-        let entry = shared.topic(topic);
         // Kept even when refused: the subscribers that miss it find it in the history
         // (the next message shows them the gap).
         if !shared.reserve_publish(entry.mask) {

@@ -171,9 +171,19 @@ impl Shared {
             }
         }
         // Told under the lock, so a bridge sees one topic's transitions in order.
-        if was_active != m.contains_key(topic) {
+        let changed = was_active != m.contains_key(topic);
+        if changed {
             if let Some(b) = self.bridge.get() {
                 b.topic_changed(topic, !was_active);
+            }
+        }
+        drop(m);
+        // A cache of a shared history is kept current by the room's live messages,
+        // which stop with its last subscriber here: forget it (after the topic lock,
+        // which publishing takes inside the history's).
+        if changed && was_active {
+            if let Some(h) = &self.history {
+                h.lock().unwrap_or_else(|e| e.into_inner()).forget(topic);
             }
         }
     }

@@ -363,7 +363,14 @@ impl Args {
         cfg.jwt = verifier.map(std::sync::Arc::new);
         push_flags(&c, m, &mut cfg)?;
         // Echo has no rooms to share: --redis serves the jti check only.
-        let bridge = if c.mode == Mode::Rooms { redis } else { None };
+        #[allow(unused_mut)]
+        let mut bridge = if c.mode == Mode::Rooms { redis } else { None };
+        // With --redis, each room's history is a Redis stream every node reads.
+        #[cfg(feature = "redis")]
+        if let Some(r) = bridge.as_mut() {
+            r.history = cfg.history;
+            r.history_ttl = cfg.history_ttl;
+        }
         Ok(Args { mode: c.mode, listen: c.listen, cfg, redis: bridge, key_files, log_format: c.log_format, tls })
     }
 }
