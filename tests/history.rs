@@ -309,3 +309,30 @@ fn a_bearer_token_subprotocol_and_wsloop_v1_work_together() {
     publish(&p, "r", 1..=1);
     assert!(matches!(read_v1(&mut c), V1::Msg { offset: 1, .. }));
 }
+
+#[test]
+fn the_publish_api_answers_with_the_offset_and_epoch() {
+    use std::io::{Read, Write};
+    let cfg = Config {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        publish_key: wsloop::server::PublishKey::new(b"history-test-key"),
+        ..config(100)
+    };
+    let s = Started::start(cfg, |_| Rooms);
+    let mut c = connect_v1(s.addr, "/api", "");
+    for want in 1..=2u64 {
+        let mut t = tcp(s.admin.unwrap());
+        let body = format!("hi {want}");
+        let req = format!(
+            "POST /publish/api HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer history-test-key\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        t.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        let _ = t.read_to_string(&mut resp);
+        let V1::Msg { offset, epoch, payload, .. } = read_v1(&mut c) else { panic!() };
+        assert_eq!((offset, payload), (want, body));
+        let want_body = format!("{{\"connections\":1,\"workers\":1,\"offset\":{offset},\"epoch\":{epoch}}}");
+        assert_eq!(resp.split("\r\n\r\n").nth(1).map(str::trim), Some(want_body.as_str()), "{resp}");
+    }
+}

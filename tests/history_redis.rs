@@ -101,6 +101,7 @@ fn calls(port: u16, command: &str) -> u64 {
 
 struct Node {
     addr: SocketAddr,
+    admin: SocketAddr,
     bridge: Arc<RedisBridge>,
     publisher: Publisher,
     running: Option<Running>,
@@ -115,8 +116,17 @@ impl Drop for Node {
     }
 }
 
+const KEY: &str = "history-redis-test-key";
+
 fn start_node(redis_port: u16, history: usize, max_backpressure: usize) -> Node {
-    let cfg = Config { workers: 2, history, max_backpressure, ..Config::default() };
+    let cfg = Config {
+        workers: 2,
+        history,
+        max_backpressure,
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        publish_key: wsloop::server::PublishKey::new(KEY.as_bytes()),
+        ..Config::default()
+    };
     let server = Server::bind("127.0.0.1:0", cfg).unwrap();
     let mut rc = RedisConfig::from_url(&format!("redis://127.0.0.1:{redis_port}/")).unwrap();
     rc.history = history;
@@ -124,9 +134,9 @@ fn start_node(redis_port: u16, history: usize, max_backpressure: usize) -> Node 
     let publisher = server.handle().publisher();
     let bridge = RedisBridge::start(rc, &publisher).unwrap();
     let server = server.with_bridge(bridge.clone());
-    let addr = server.local_addr();
+    let (addr, admin) = (server.local_addr(), server.admin_addr().unwrap());
     let running = server.start(|_| Rooms).unwrap();
-    let node = Node { addr, bridge, publisher, running: Some(running) };
+    let node = Node { addr, admin, bridge, publisher, running: Some(running) };
     assert!(wait(|| node.bridge.is_connected()), "bridge did not connect");
     node
 }
@@ -301,7 +311,10 @@ fn a_backend_evalsha_gets_an_offset_and_reaches_every_node() {
                 b"0",
             ],
         );
-        assert_eq!(reply.trim(), format!(":{want}"));
+        // [offset, epoch]
+        let lines: Vec<&str> = reply.lines().collect();
+        assert_eq!((lines[0], lines[1]), ("*2", &*format!(":{want}")), "{reply}");
+        assert!(lines[3].parse::<u64>().is_ok(), "{reply}");
         let V1::Msg { offset, payload, .. } = read_v1(&mut c) else { panic!() };
         assert_eq!((offset, payload.as_str()), (want, "from the backend"));
     }
@@ -313,6 +326,36 @@ fn a_backend_evalsha_gets_an_offset_and_reaches_every_node() {
         &[b"EVALSHA", sha.as_bytes(), b"1", b"{wsloop:feed}:h", b"wsloop:\0feed", b"b", b"\x00\x01", b"100", b"0"],
     );
     assert_eq!(next_data(&mut bare), tungstenite::Message::Binary(vec![0, 1]));
+}
+
+fn api_publish(admin: SocketAddr, room: &str, body: &str) -> String {
+    let mut s = ops::tcp(admin);
+    let req = format!(
+        "POST /publish/{room} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn the_publish_api_goes_through_the_script_and_answers_with_the_offset() {
+    let Some(bin) = redis_server() else { return };
+    let port = free_port();
+    let _redis = start_redis(&bin, port);
+    let a = start_node(port, 100, 1 << 20);
+    let b = start_node(port, 100, 1 << 20);
+    let mut c = live_client(&b, port, "api");
+    for want in 1..=3u64 {
+        let resp = api_publish(a.admin, "api", &format!("hello {want}"));
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let body = resp.split("\r\n\r\n").nth(1).unwrap();
+        let V1::Msg { offset, epoch, payload, .. } = read_v1(&mut c) else { panic!() };
+        assert_eq!(body.trim(), format!("{{\"offset\":{offset},\"epoch\":{epoch}}}"));
+        assert_eq!((offset, payload), (want, format!("hello {want}")));
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 -- ARGV[3]  the payload
 -- ARGV[4]  messages kept (XADD MAXLEN)
 -- ARGV[5]  milliseconds the history lives after its last message (0: for ever)
--- Returns the message's offset. The epoch lives in every entry: a stream that is lost
+-- Returns {offset, epoch}. The epoch lives in every entry: a stream that is lost
 -- (Redis restarted empty, deleted, expired) takes its epoch with it.
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local epoch, offset
@@ -25,4 +25,4 @@ if tonumber(ARGV[5]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
 redis.call('PUBLISH', ARGV[1], 'w2 ' .. ARGV[2] .. ' ' .. epoch .. ' ' .. offset .. '\n' .. ARGV[3])
-return offset
+return {offset, epoch}

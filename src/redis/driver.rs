@@ -519,7 +519,8 @@ impl Driver {
                     link.awaiting = link.awaiting.saturating_sub(1);
                     link.healthy = true;
                     match v {
-                        Value::Int(_) => {
+                        // An integer from PUBLISH, {offset, epoch} from the history script.
+                        Value::Int(_) | Value::Array(_) => {
                             stats.published.fetch_add(1, Ordering::Relaxed);
                         }
                         Value::Error(e) => {

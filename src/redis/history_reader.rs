@@ -1,12 +1,13 @@
 //! The history reads of the Redis bridge: a thread of its own (`wsloop-redis-history`)
 //! with its own connection, which reads a room's whole stream (`XRANGE`, one per room
 //! asked for) and hands it to the server. The workers only queue the room's name; they
-//! never wait on Redis.
+//! never wait on Redis. The publish API's requests, which answer with the message's
+//! offset, run their script here too.
 
 use super::resp::{self, Limits, Status, Value};
 use super::streams;
 use super::RedisConfig;
-use crate::server::WeakPublisher;
+use crate::server::{Message, Seq, WeakPublisher};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,15 @@ use std::time::Duration;
 /// Rooms waiting to be read; more: the read is refused (its clients are told
 /// `unavailable`).
 const QUEUE: usize = 4096;
+/// What the thread is asked.
+enum Job {
+    /// Read a room's stream and hand it to the server.
+    Read(Box<str>),
+    /// Run the history script (an `EVAL` made by [`streams::append_command`]) and answer
+    /// with the message's place.
+    Publish { command: Vec<u8>, reply: SyncSender<Result<Seq, String>> },
+}
+
 /// Longest a history reply may be.
 const MAX_REPLY: usize = 256 << 20;
 /// Reads and writes on the history connection give up after this long.
@@ -24,7 +34,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The workers' side: queues a room to read.
 pub(crate) struct HistoryReader {
-    tx: SyncSender<Box<str>>,
+    tx: SyncSender<Job>,
     /// `XRANGE` commands sent, for `/metrics`.
     pub reads: Arc<AtomicU64>,
 }
@@ -41,7 +51,7 @@ impl HistoryReader {
     /// Asks for `room`'s history; when the queue is full, the waiting clients are told
     /// at once.
     pub fn read(&self, room: &str, server: &WeakPublisher) {
-        match self.tx.try_send(room.into()) {
+        match self.tx.try_send(Job::Read(room.into())) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 if let Some(p) = server.upgrade() {
@@ -52,10 +62,23 @@ impl HistoryReader {
     }
 }
 
+impl HistoryReader {
+    /// Publishes through the history script and waits (at most the connection's I/O
+    /// timeout, twice) for the message's place.
+    pub fn publish(&self, cfg: &RedisConfig, room: &str, msg: Message<'_>) -> Result<Seq, String> {
+        let mut command = Vec::new();
+        let ttl_ms = cfg.history_ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+        streams::append_command(&mut command, &cfg.prefix, room, msg, cfg.history, ttl_ms);
+        let (reply, rx) = sync_channel(1);
+        self.tx.try_send(Job::Publish { command, reply }).map_err(|_| "the history thread is busy".to_string())?;
+        rx.recv_timeout(2 * IO_TIMEOUT).map_err(|_| "no answer from Redis".to_string())?
+    }
+}
+
 struct Thread {
     cfg: RedisConfig,
     server: WeakPublisher,
-    rx: Receiver<Box<str>>,
+    rx: Receiver<Job>,
     conn: Option<(TcpStream, Vec<u8>)>,
     reads: Arc<AtomicU64>,
 }
@@ -64,7 +87,15 @@ impl Thread {
     fn run(mut self) {
         loop {
             let room = match self.rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(r) => r,
+                Ok(Job::Read(r)) => r,
+                Ok(Job::Publish { command, reply }) => {
+                    let r = self.exchange(&command, &Limits::for_payload(0)).and_then(|v| appended(&v));
+                    if r.is_err() {
+                        self.conn = None;
+                    }
+                    let _ = reply.send(r);
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.server.upgrade().is_none() {
                         return;
@@ -107,17 +138,31 @@ impl Thread {
             max_line: resp::MAX_LINE,
             max_reply: MAX_REPLY,
         };
+        let buf = self.exchange(&cmd, &limits)?;
+        let parsed = match resp::parse(&buf, &limits) {
+            Ok(Status::Complete((v, _))) => entries(v),
+            _ => Err("bad reply".into()),
+        };
+        if let Some((_, b)) = &mut self.conn {
+            *b = buf;
+        }
+        parsed
+    }
+
+    /// Sends one command and returns the bytes of its whole reply.
+    fn exchange(&mut self, cmd: &[u8], limits: &Limits) -> Result<Vec<u8>, String> {
         let cfg = self.cfg.clone();
         let (stream, buf) = match &mut self.conn {
             Some(c) => c,
             None => self.conn.insert(connect(&cfg)?),
         };
-        stream.write_all(&cmd).map_err(|e| format!("write: {e}"))?;
+        stream.write_all(cmd).map_err(|e| format!("write: {e}"))?;
+        let mut buf = std::mem::take(buf);
         buf.clear();
         let mut chunk = vec![0u8; 64 << 10];
         loop {
-            match resp::parse(buf, &limits) {
-                Ok(Status::Complete((v, _))) => return entries(v),
+            match resp::parse(&buf, limits) {
+                Ok(Status::Complete(_)) => return Ok(buf),
                 Ok(Status::Partial) => {}
                 Err(e) => return Err(format!("bad reply: {e:?}")),
             }
@@ -176,6 +221,25 @@ fn connect(cfg: &RedisConfig) -> Result<(TcpStream, Vec<u8>), String> {
         buf.clear();
     }
     Ok((s, buf))
+}
+
+/// The history script's reply: `[offset, epoch]`.
+fn appended(buf: &[u8]) -> Result<Seq, String> {
+    let v = match resp::parse(buf, &Limits::for_payload(0)) {
+        Ok(Status::Complete((v, _))) => v,
+        _ => return Err("bad reply".into()),
+    };
+    match v {
+        Value::Array(Some(items)) => match items.as_slice() {
+            [Value::Int(offset), epoch] => {
+                let epoch = epoch.bytes().and_then(|e| std::str::from_utf8(e).ok()?.parse().ok());
+                Ok(Seq { offset: *offset as u64, epoch: epoch.ok_or("the script's epoch is not a number")? })
+            }
+            _ => Err("the script's reply is not [offset, epoch]".into()),
+        },
+        Value::Error(e) => Err(String::from_utf8_lossy(e).into_owned()),
+        other => Err(format!("unexpected reply to the history script: {other:?}")),
+    }
 }
 
 /// An `XRANGE` reply as (epoch, entries); an empty stream has epoch 0.

@@ -207,6 +207,11 @@ impl Bridge for RedisBridge {
         }
     }
 
+    fn publish_and_number(&self, topic: &str, msg: Message<'_>) -> Option<Result<crate::server::Seq, String>> {
+        let (reader, _) = self.history.as_ref()?;
+        Some(reader.publish(&self.inner.cfg, topic, msg))
+    }
+
     fn published(&self, topic: &str, msg: Message<'_>) {
         let cfg = &self.inner.cfg;
         let payload = msg.as_bytes();

@@ -34,7 +34,8 @@ pub fn stream_key(prefix: &str, room: &str) -> Vec<u8> {
 }
 
 /// The `EVAL` of [`APPEND_SCRIPT`] for `msg` in `room`, keeping `keep` messages that live
-/// `ttl_ms` after the last one (0: for ever). Its reply is the offset (an integer).
+/// `ttl_ms` after the last one (0: for ever). Its reply is `[offset, epoch]` (an integer
+/// and a decimal string).
 pub(crate) fn append_command(out: &mut Vec<u8>, prefix: &str, room: &str, msg: Message<'_>, keep: usize, ttl_ms: u64) {
     let kind: &[u8] = match msg {
         Message::Text(_) => b"t",

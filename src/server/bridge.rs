@@ -49,6 +49,15 @@ pub trait Bridge: Send + Sync + 'static {
         let _ = topic;
     }
 
+    /// With [`Bridge::numbers_messages`]: publishes `msg` through the bridge and waits
+    /// (bounded) for its place in the room's history, for callers that answer with it
+    /// (`POST /publish/<room>`, on the admin thread, never a worker). `None`: not
+    /// supported, publish as usual.
+    fn publish_and_number(&self, topic: &str, msg: Message<'_>) -> Option<Result<super::Seq, String>> {
+        let _ = (topic, msg);
+        None
+    }
+
     /// Appends the bridge's metric families, in Prometheus text format, to the admin
     /// listener's `/metrics` page.
     fn write_metrics(&self, out: &mut String) {
