@@ -110,10 +110,8 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Hands each listed connection its next batch of history (once per loop turn).
+    #[inline(never)]
     pub(super) fn pump_replays(&mut self) {
-        if self.ctx.replaying.is_empty() {
-            return;
-        }
         let list = std::mem::take(&mut self.ctx.replaying);
         let mut budget = TURN_BYTES;
         let mut out = Vec::new();
@@ -134,6 +132,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Whether a listed connection can take more now (the poll must not sleep).
+    #[inline(never)]
     pub(super) fn replay_ready(&mut self) -> bool {
         let half = self.ctx.cfg.max_backpressure / 2;
         self.ctx.replaying.iter().any(|&key| {

@@ -49,6 +49,7 @@ pub mod metrics;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use super::admin_http::fuzz_chunked as admin_chunked;
+    pub use super::protocol_v1::fuzz_command as v1_command;
 }
 mod protocol_v1;
 mod pubsub;

@@ -132,6 +132,24 @@ pub(crate) fn resume_of(target: &str) -> Result<Option<Seq>, &'static str> {
     }
 }
 
+/// The body of the `v1_command` fuzz target: a `wsloop.v1` client's message, untrusted
+/// input. Never panics; a recovery command that parses re-encodes (room percent-encoded,
+/// numbers canonical) to a message that parses to the same command; a publish keeps its
+/// payload byte for byte.
+#[doc(hidden)]
+pub fn fuzz_command(data: &[u8]) {
+    match command(data) {
+        Ok(Command::Publish(p)) => assert_eq!(p, &data[2..]),
+        Ok(Command::Recover { room, since, epoch }) => {
+            let mut again = String::from("s ");
+            encode_room(&mut again, &room);
+            let _ = write!(again, " {since} {epoch}");
+            assert_eq!(command(again.as_bytes()), Ok(Command::Recover { room, since, epoch }), "{again:?}");
+        }
+        Err(_) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

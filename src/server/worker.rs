@@ -138,9 +138,13 @@ impl<H: Handler> Worker<H> {
     /// of the broadcast coalescing window, accept resumption and the drain deadline.
     fn poll_timeout(&mut self, now: u64) -> Option<Duration> {
         // Work left for the next turn (output queued by a connection whose reading
-        // resumed during this turn's flushes, more to accept, local publishes): look at
-        // the sockets and come straight back.
-        if self.accept_more || !self.ctx.local_pubs.is_empty() || !self.ctx.dirty.is_empty() || self.replay_ready() {
+        // resumed during this turn's flushes, more to accept, local publishes, a replay
+        // with room to go on): look at the sockets and come straight back.
+        if self.accept_more
+            || !self.ctx.local_pubs.is_empty()
+            || !self.ctx.dirty.is_empty()
+            || (!self.ctx.replaying.is_empty() && self.replay_ready())
+        {
             return Some(Duration::ZERO);
         }
         let mut at = u64::MAX;
@@ -174,7 +178,9 @@ impl<H: Handler> Worker<H> {
             self.run_timers();
         }
         self.deliver_local_pubs();
-        self.pump_replays();
+        if !self.ctx.replaying.is_empty() {
+            self.pump_replays();
+        }
         if !self.ctx.dirty.is_empty() {
             self.flush_dirty();
         }
