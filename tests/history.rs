@@ -86,7 +86,8 @@ fn recovery_racing_the_publisher_has_no_gap_and_no_duplicate() {
     let mut c = connect_v1(s.addr, &format!("/r?since=10&epoch={epoch}"), "");
     let mut next = 11u64;
     let mut recovered = false;
-    while next <= 6000 {
+    // Replay may chase the publisher to its last message: `r` then comes after it.
+    while next <= 6000 || !recovered {
         match read_v1(&mut c) {
             V1::Msg { offset, .. } => {
                 assert_eq!(offset, next, "gap or duplicate (recovered: {recovered})");
@@ -217,7 +218,8 @@ fn a_recovering_client_that_cannot_keep_up_is_told_slow_then_gets_live_ones() {
                 next += 1;
             }
             V1::Lost { why, offset, .. } => {
-                assert_eq!(why, "slow");
+                // `gap` when the publisher moved the history past it before its first read.
+                assert!(why == "slow" || (why == "gap" && slow_at.is_none()), "{why}");
                 assert!(offset >= next - 1, "told to go back");
                 slow_at.get_or_insert(next);
                 next = offset + 1;
@@ -230,6 +232,7 @@ fn a_recovering_client_that_cannot_keep_up_is_told_slow_then_gets_live_ones() {
     }
     publisher.join().unwrap();
     assert!(slow_at.is_some(), "a client this slow must be told");
+    eprintln!("told at offset {slow_at:?}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::server::{Message, Seq, WeakPublisher};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,17 +48,9 @@ impl HistoryReader {
         Ok(HistoryReader { tx, reads })
     }
 
-    /// Asks for `room`'s history; when the queue is full, the waiting clients are told
-    /// at once.
-    pub fn read(&self, room: &str, server: &WeakPublisher) {
-        match self.tx.try_send(Job::Read(room.into())) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                if let Some(p) = server.upgrade() {
-                    p.history_read(room, None);
-                }
-            }
-        }
+    /// Asks for `room`'s history; false when the queue is full (or the thread gone).
+    pub fn read(&self, room: &str) -> bool {
+        self.tx.try_send(Job::Read(room.into())).is_ok()
     }
 }
 

@@ -201,10 +201,8 @@ impl Bridge for RedisBridge {
         self.history.is_some()
     }
 
-    fn read_history(&self, topic: &str) {
-        if let Some((reader, server)) = &self.history {
-            reader.read(topic, server);
-        }
+    fn read_history(&self, topic: &str) -> bool {
+        self.history.as_ref().is_some_and(|(reader, _)| reader.read(topic))
     }
 
     fn publish_and_number(&self, topic: &str, msg: Message<'_>) -> Option<Result<crate::server::Seq, String>> {

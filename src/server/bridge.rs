@@ -42,11 +42,14 @@ pub trait Bridge: Send + Sync + 'static {
 
     /// Reads `topic`'s shared history, off the calling thread, and hands it over with
     /// [`Publisher::history_read`]; called at most once per room at a time, when a
-    /// client's position is older than what this node holds. Must not block.
+    /// client's position is older than what this node holds, with the history locked:
+    /// it must not block nor call back into the server. False: the read cannot be
+    /// queued (the waiting clients are told `unavailable`).
     ///
     /// [`Publisher::history_read`]: super::Publisher::history_read
-    fn read_history(&self, topic: &str) {
+    fn read_history(&self, topic: &str) -> bool {
         let _ = topic;
+        false
     }
 
     /// With [`Bridge::numbers_messages`]: publishes `msg` through the bridge and waits

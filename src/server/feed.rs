@@ -204,11 +204,7 @@ fn pump_conn<S: Default>(
                 let store = history.history.as_ref().expect("checked above");
                 let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
                 let bridge = history.bridge.get();
-                let mut fill = |room: &str| {
-                    if let Some(b) = bridge {
-                        b.read_history(room);
-                    }
-                };
+                let mut fill = |room: &str| bridge.is_some_and(|b| b.read_history(room));
                 let max = READ_BYTES.min(room).min(*budget);
                 store.read(&topic, Seq { offset: next, epoch }, max, out, super::clock::monotonic_ns(), &mut fill)
             };

@@ -210,8 +210,9 @@ impl Store {
     }
 
     /// Appends to `out` the entries of `room` from offset `at.offset` on, in `at.epoch`, up to
-    /// `max_bytes` of frames (at least one entry). `NeedFill` answers are turned into
-    /// `Pending` here, with `fill` called once per room until the fill is in.
+    /// `max_bytes` of frames (at least one entry). A cache that cannot answer calls
+    /// `fill` (once per room until the fill is in) and answers `Pending`; `fill`
+    /// returns false when the read cannot be asked for (then: `unavailable`).
     pub fn read(
         &mut self,
         room: &str,
@@ -219,7 +220,7 @@ impl Store {
         max_bytes: usize,
         out: &mut Vec<Entry>,
         now_ns: u64,
-        fill: &mut dyn FnMut(&str),
+        fill: &mut dyn FnMut(&str) -> bool,
     ) -> Read {
         let (from, epoch) = (at.offset, at.epoch);
         let local = self.local;
@@ -233,10 +234,12 @@ impl Store {
         let log = match self.rooms.get_mut(room) {
             Some(l) => l,
             None => {
+                if !fill(room) {
+                    return Read::Lost { why: Lost::Unavailable, last: 0, epoch: 0 };
+                }
                 let mut l = RoomLog::new(0, now_ns, false);
                 l.filling = true;
                 self.rooms.insert(room.into(), l);
-                fill(room);
                 return Read::Pending;
             }
         };
@@ -245,8 +248,10 @@ impl Store {
         }
         let (last, cur) = (log.last, log.epoch);
         if !log.complete && (log.epoch != epoch || from < log.first()) {
+            if !fill(room) {
+                return Read::Lost { why: Lost::Unavailable, last, epoch: cur };
+            }
             log.filling = true;
-            fill(room);
             return Read::Pending;
         }
         if cur != epoch || from == 0 || from > last + 1 {
@@ -350,7 +355,7 @@ mod tests {
         out.iter().map(|e| e.offset).collect()
     }
 
-    fn no_fill(_: &str) {
+    fn no_fill(_: &str) -> bool {
         panic!("a single node never reads a shared history");
     }
 
@@ -466,7 +471,8 @@ mod tests {
         let mut out = Vec::new();
         for _ in 0..100 {
             let r = s.read("r", Seq { offset: 5, epoch: 77 }, usize::MAX, &mut out, 0, &mut |room| {
-                fills.push(room.to_string())
+                fills.push(room.to_string());
+                true
             });
             assert_eq!(r, Read::Pending);
         }
@@ -475,7 +481,9 @@ mod tests {
         assert!(s.insert("r", Seq { offset: 9, epoch: 77 }, frame(9), 0));
         let entries = (3..=8).map(|o| Entry { offset: o, frame: frame(o) }).collect();
         s.fill("r", Some((77, entries)), 0);
-        let r = s.read("r", Seq { offset: 5, epoch: 77 }, usize::MAX, &mut out, 0, &mut |_| panic!("filled already"));
+        let r = s.read("r", Seq { offset: 5, epoch: 77 }, usize::MAX, &mut out, 0, &mut |_| -> bool {
+            panic!("filled already")
+        });
         assert_eq!(r, Read::Batch { at_end: true, last: 9, epoch: 77 });
         assert_eq!(offsets(&out), [5, 6, 7, 8, 9]);
         assert!(!s.insert("r", Seq { offset: 9, epoch: 77 }, frame(9), 0), "a duplicate");
@@ -489,14 +497,17 @@ mod tests {
         let mut fills = 0;
         let mut out = Vec::new();
         assert_eq!(
-            s.read("r", Seq { offset: 4, epoch: 5 }, usize::MAX, &mut out, 0, &mut |_| fills += 1),
+            s.read("r", Seq { offset: 4, epoch: 5 }, usize::MAX, &mut out, 0, &mut |_| {
+                fills += 1;
+                true
+            }),
             Read::Pending
         );
         assert_eq!(fills, 1);
         // A new epoch from live traffic replaces everything.
         assert!(s.insert("r", Seq { offset: 1, epoch: 9 }, frame(1), 0));
         s.fill("r", Some((9, vec![Entry { offset: 1, frame: frame(1) }])), 0);
-        let r = s.read("r", Seq { offset: 2, epoch: 5 }, usize::MAX, &mut out, 0, &mut |_| panic!());
+        let r = s.read("r", Seq { offset: 2, epoch: 5 }, usize::MAX, &mut out, 0, &mut |_| -> bool { panic!() });
         assert_eq!(r, Read::Lost { why: Lost::Epoch, last: 1, epoch: 9 });
     }
 }

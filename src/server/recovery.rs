@@ -185,7 +185,9 @@ mod tests {
         fn pump(&mut self) {
             let Cursor::Replaying { next, epoch, .. } = self.cursor else { return };
             let mut out = Vec::new();
-            let read = self.store.read("r", Seq { offset: next, epoch }, self.budget, &mut out, 0, &mut |_| panic!());
+            let read = self
+                .store
+                .read("r", Seq { offset: next, epoch }, self.budget, &mut out, 0, &mut |_| -> bool { panic!() });
             for e in &out {
                 self.got.push(e.offset);
             }
