@@ -339,3 +339,11 @@ fn the_publish_api_answers_with_the_offset_and_epoch() {
         assert_eq!(resp.split("\r\n\r\n").nth(1).map(str::trim), Some(want_body.as_str()), "{resp}");
     }
 }
+
+#[test]
+fn a_position_past_any_offset_is_another_epoch() {
+    let s = Started::start(config(10), |_| Rooms);
+    let mut c = connect_v1(s.addr, "/r?since=18446744073709551615&epoch=5", "");
+    let V1::Lost { why, offset: 0, .. } = read_v1(&mut c) else { panic!() };
+    assert_eq!(why, "epoch");
+}

@@ -73,6 +73,9 @@ pub fn decode_numbered(data: &[u8]) -> Option<(Message<'_>, Seq)> {
         return None;
     }
     let seq = Seq { offset: offset.parse().ok()?, epoch: epoch.parse().ok()? };
+    if !valid_offset(seq.offset) {
+        return None;
+    }
     Some((message(kind.as_bytes(), payload)?, seq))
 }
 
@@ -88,7 +91,13 @@ pub(crate) fn message<'a>(kind: &[u8], payload: &'a [u8]) -> Option<Message<'a>>
 /// A stream entry id `N-1` as offset `N`.
 pub(crate) fn offset_of(id: &[u8]) -> Option<u64> {
     let id = std::str::from_utf8(id).ok()?;
-    id.split('-').next()?.parse().ok()
+    id.split('-').next()?.parse().ok().filter(|&o| valid_offset(o))
+}
+
+/// Offsets the script makes: from 1, below 2^53 (Lua counts in doubles). Anything else
+/// from Redis is not ours.
+fn valid_offset(o: u64) -> bool {
+    (1..1 << 53).contains(&o)
 }
 
 #[cfg(test)]
@@ -109,6 +118,8 @@ mod tests {
         assert!(decode_numbered(b"w2 t 1 1\n\xff").is_none(), "text must be UTF-8");
         assert!(decode_numbered(b"w2 x 1 1\n").is_none());
         assert!(decode_numbered(b"w2 t 1\nhi").is_none());
+        assert!(decode_numbered(b"w2 t 1 0\nhi").is_none(), "offsets start at 1");
+        assert!(decode_numbered(b"w2 t 1 18446744073709551615\nhi").is_none());
         assert!(!is_numbered(b"w\x01\x01........"));
         assert_eq!(offset_of(b"17-1"), Some(17));
     }

@@ -61,7 +61,9 @@ impl Cursor {
     /// after `since`.
     pub fn start(head: Option<Seq>, since: Option<Seq>) -> Cursor {
         match since {
-            Some(s) => Cursor::Replaying { next: s.offset + 1, epoch: s.epoch, why: Lost::Gap, waiting: false },
+            Some(s) => {
+                Cursor::Replaying { next: s.offset.saturating_add(1), epoch: s.epoch, why: Lost::Gap, waiting: false }
+            }
             None => match head {
                 Some(h) => Cursor::Live { next: h.offset + 1, epoch: h.epoch },
                 None => Cursor::Live { next: 0, epoch: 0 },
@@ -298,6 +300,9 @@ mod tests {
         let mut unknown = Cursor::start(None, None);
         assert_eq!(unknown.on_live(Seq { offset: 77, epoch: 3 }), LiveStep::Deliver);
         assert_eq!(unknown, Cursor::Live { next: 78, epoch: 3 });
+        // A client's since= is any u64.
+        let far = Cursor::start(None, Some(Seq { offset: u64::MAX, epoch: 1 }));
+        assert!(matches!(far, Cursor::Replaying { next: u64::MAX, .. }));
         let mut c = Cursor::Live { next: 9, epoch: 1 };
         c.dropped(Seq { offset: 9, epoch: 1 });
         assert!(matches!(c, Cursor::Replaying { next: 9, .. }));
