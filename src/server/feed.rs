@@ -131,21 +131,6 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Whether a listed connection can take more now (the poll must not sleep).
-    #[inline(never)]
-    pub(super) fn replay_ready(&mut self) -> bool {
-        let half = self.ctx.cfg.max_backpressure / 2;
-        self.ctx.replaying.iter().any(|&key| {
-            self.conns.get_mut(key as usize).is_some_and(|c| {
-                let ready =
-                    c.meta.topics.as_ref().is_some_and(|t| {
-                        t.cursors.iter().any(|c| matches!(c, Cursor::Replaying { waiting: false, .. }))
-                    });
-                ready && c.session.core().buffered() < half
-            })
-        })
-    }
-
     /// A read of `topic`'s shared history is in: its waiting connections go on (or,
     /// when it failed, are told and go live).
     pub(super) fn history_read(&mut self, topic: &str, ok: bool) {
