@@ -326,6 +326,13 @@ fn a_backend_evalsha_gets_an_offset_and_reaches_every_node() {
         &[b"EVALSHA", sha.as_bytes(), b"1", b"{wsloop:feed}:h", b"wsloop:\0feed", b"b", b"\x00\x01", b"100", b"0"],
     );
     assert_eq!(next_data(&mut bare), tungstenite::Message::Binary(vec![0, 1]));
+    let tungstenite::Message::Binary(b) = next_data(&mut c) else { panic!("binary stays binary") };
+    assert!(b.starts_with(b"m feed 4 ") && b.ends_with(b"\n\x00\x01"), "{b:?}");
+    // A plain PUBLISH on the room channel: delivered, kept nowhere (offset 0).
+    redis(port, &[b"PUBLISH", b"wsloop:feed", b"plain"]);
+    assert_eq!(next_data(&mut bare), tungstenite::Message::Text("plain".into()));
+    assert_eq!(read_v1(&mut c), V1::Msg { room: "feed".into(), offset: 0, epoch: 0, payload: "plain".into() });
+    assert_eq!(redis(port, &[b"XLEN", b"{wsloop:feed}:h"]).trim(), ":4", "not kept");
 }
 
 fn api_publish(admin: SocketAddr, room: &str, body: &str) -> String {
@@ -398,6 +405,8 @@ fn a_recovering_client_slower_than_the_publisher_ends_complete_or_is_told() {
     let a = start_node(port, 200, 16 << 10);
     let b = start_node(port, 200, 16 << 10);
     publish(&b.publisher, "r", 1..=100);
+    // Published means queued for Redis: the probe must find them there.
+    assert!(wait(|| redis(port, &[b"XLEN", b"{wsloop:r}:h"]).trim() == ":100"));
     let epoch = {
         let mut probe = connect_v1(a.addr, "/r?since=1&epoch=1", "");
         let V1::Lost { epoch, .. } = read_v1(&mut probe) else { panic!() };
@@ -421,9 +430,12 @@ fn a_recovering_client_slower_than_the_publisher_ends_complete_or_is_told() {
                 assert_eq!(payload, format!("msg{offset}"));
                 next += 1;
             }
-            V1::Lost { why, offset, .. } => {
+            V1::Lost { why, offset, epoch: e, .. } => {
                 // `gap` when the stream was trimmed past the client before its read.
-                assert!(why == "slow" || (why == "gap" && told == 0), "{why}");
+                assert!(
+                    why == "slow" || (why == "gap" && told == 0),
+                    "{why} at {offset} (epoch {e}, was {epoch}), next {next}, told {told}"
+                );
                 assert!(offset + 1 >= next);
                 told += 1;
                 next = offset + 1;

@@ -146,6 +146,11 @@ impl Store {
         self.local = local;
     }
 
+    /// Whether this store numbers messages itself.
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
     fn new_epoch(&mut self) -> u64 {
         // xorshift64 over a random seed: epochs need to differ, not to be secret.
         self.rng ^= self.rng << 13;

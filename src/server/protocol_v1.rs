@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! m <room> <offset> <epoch>\n<payload>     a room message, same opcode as published
+//!                                          (offset 0, epoch 0: not kept, e.g. a
+//!                                          backend's plain PUBLISH beside Redis streams)
 //! r <room> <offset> <epoch>                recovery done: every message up to <offset>
 //!                                          was sent, live ones follow (text)
 //! l <room> <offset> <epoch> <why>          history cannot fill the gap; live ones

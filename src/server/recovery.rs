@@ -73,6 +73,11 @@ impl Cursor {
 
     /// A live message `seq` reached the connection's worker.
     pub fn on_live(&mut self, seq: Seq) -> LiveStep {
+        if seq.offset == 0 {
+            // Not kept anywhere (a backend's plain publish beside a shared history):
+            // passed through, the position unchanged.
+            return LiveStep::Deliver;
+        }
         match *self {
             Cursor::Bare => LiveStep::Deliver,
             Cursor::Replaying { .. } => LiveStep::Skip,
@@ -97,7 +102,8 @@ impl Cursor {
     /// A message `seq` this cursor let through could not be queued (over the
     /// connection's backpressure limit): serve it, and what follows, from history.
     pub fn dropped(&mut self, seq: Seq) {
-        if let Cursor::Live { .. } = self {
+        // Offset 0 is kept nowhere: nothing to serve it from.
+        if let (Cursor::Live { .. }, 1..) = (&self, seq.offset) {
             *self = Cursor::Replaying { next: seq.offset, epoch: seq.epoch, why: Lost::Slow, waiting: false };
         }
     }
@@ -297,6 +303,10 @@ mod tests {
         assert_eq!(c, Cursor::Live { next: 4, epoch: 2 });
         assert_eq!(c.on_live(Seq { offset: 6, epoch: 2 }), LiveStep::Behind);
         assert_eq!(c, Cursor::Replaying { next: 4, epoch: 2, why: Lost::Slow, waiting: false });
+        // Offset 0: delivered, the position unchanged, in any state.
+        let before = c;
+        assert_eq!(c.on_live(Seq { offset: 0, epoch: 0 }), LiveStep::Deliver);
+        assert_eq!(c, before);
         let mut unknown = Cursor::start(None, None);
         assert_eq!(unknown.on_live(Seq { offset: 77, epoch: 3 }), LiveStep::Deliver);
         assert_eq!(unknown, Cursor::Live { next: 78, epoch: 3 });

@@ -35,7 +35,12 @@ impl Shared {
         if !self.reserve_publish(entry.mask) {
             return Err(PublishError::QueueFull);
         }
-        let seq = store.append(topic, frame.clone(), super::clock::monotonic_ns());
+        // A message a numbering bridge hands over without a number (a backend's plain
+        // PUBLISH): delivered, not kept; `wsloop.v1` clients see offset 0.
+        let seq = match store.is_local() {
+            true => store.append(topic, frame.clone(), super::clock::monotonic_ns()),
+            false => Seq { offset: 0, epoch: 0 },
+        };
         if forward {
             self.forward(topic, msg);
         }
