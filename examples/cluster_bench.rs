@@ -1,12 +1,13 @@
-//! Cross-node broadcast through Redis: one publisher on node A, many subscribers on node
-//! B, the same room. Reports delivered messages per second and the publish-to-receive
-//! latency. Bounded: it runs for `--secs` (at most 25, under the server's 30 s ping
+//! Cross-node broadcast through Redis: publishers on node A, many subscribers on node B,
+//! in one room or spread over `--rooms N` (one publisher each, the subscribers dealt out
+//! in turn, the total `--rate` shared): rooms land on different shards of a Redis
+//! Cluster. Reports delivered messages per second and the publish-to-receive latency. Bounded: it runs for `--secs` (at most 25, under the server's 30 s ping
 //! interval: it never answers pings) and stops by itself.
 //!
 //! ```text
 //! scripts/cluster-bench.sh      # starts Redis and two nodes, then runs this
 //! cargo run --release --example cluster_bench -- --pub 127.0.0.1:9001 --sub 127.0.0.1:9002 \
-//!     [--room bench] [--subs 100] [--rate 10000] [--size 64] [--secs 10] \
+//!     [--room bench] [--rooms 1] [--subs 100] [--rate 10000] [--size 64] [--secs 10] \
 //!     [--noise-rooms 0] [--noise-rate 0]
 //! ```
 //!
@@ -26,6 +27,7 @@ struct Args {
     publ: SocketAddr,
     sub: SocketAddr,
     room: String,
+    rooms: usize,
     subs: usize,
     rate: u64,
     size: usize,
@@ -39,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
         publ: "127.0.0.1:9001".parse().unwrap(),
         sub: "127.0.0.1:9002".parse().unwrap(),
         room: "bench".into(),
+        rooms: 1,
         subs: 100,
         rate: 10_000,
         size: 64,
@@ -55,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
             "--pub" => a.publ = v.parse().map_err(|_| format!("--pub: not an address: {v}"))?,
             "--sub" => a.sub = v.parse().map_err(|_| format!("--sub: not an address: {v}"))?,
             "--room" => a.room = v.clone(),
+            "--rooms" => a.rooms = v.parse().map_err(bad)?,
             "--subs" => a.subs = v.parse().map_err(bad)?,
             "--rate" => a.rate = v.parse().map_err(bad)?,
             "--size" => a.size = v.parse().map_err(bad)?,
@@ -69,6 +73,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.secs == 0 || a.secs > 25 || a.rate == 0 || a.subs == 0 {
         return Err("--secs 1..=25, --rate and --subs above 0".into());
+    }
+    if a.rooms == 0 || a.rooms > a.subs {
+        return Err("--rooms: 1 to --subs (every room needs a subscriber)".into());
     }
     Ok(a)
 }
@@ -167,7 +174,7 @@ fn subscribers(
     conns: Vec<(TcpStream, Vec<u8>)>,
     base: Instant,
     stop: Arc<AtomicBool>,
-    seen_any: Arc<AtomicBool>,
+    seen: Arc<AtomicU64>,
     measure_from: Arc<AtomicU64>,
 ) -> io::Result<SubResult> {
     let mut poll = Poll::new()?;
@@ -202,9 +209,11 @@ fn subscribers(
                 if op != 2 || p.len() < 16 {
                     continue;
                 }
-                seen_any.store(true, Ordering::Relaxed);
                 let sent = u64::from_be_bytes(p[..8].try_into().unwrap());
                 let seq = u64::from_be_bytes(p[8..16].try_into().unwrap());
+                if last.is_none() {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
                 if last.is_some_and(|l| seq <= l) {
                     r.out_of_order += 1;
                 }
@@ -220,24 +229,26 @@ fn subscribers(
     Ok(r)
 }
 
-/// Sends `rate` messages per second of `size` bytes to `stream` until `until`, starting
-/// at sequence `seq`; returns the next sequence number.
-fn publish(stream: &mut TcpStream, base: Instant, rate: u64, size: usize, until: Instant, mut seq: u64) -> u64 {
+/// Sends `rate` messages per second of `size` bytes, dealt out in turn over `streams`,
+/// until `until`, starting at sequence `seq`; returns the next sequence number.
+fn publish(streams: &mut [TcpStream], base: Instant, rate: u64, size: usize, until: Instant, mut seq: u64) -> u64 {
     let start = Instant::now();
     let first = seq;
-    let mut out = Vec::new();
+    let mut outs = vec![Vec::new(); streams.len()];
     let mut payload = vec![0u8; size];
     while Instant::now() < until {
         let due = first + (start.elapsed().as_nanos() as u64 * rate / 1_000_000_000);
-        out.clear();
+        outs.iter_mut().for_each(Vec::clear);
         while seq < due {
             payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
             payload[8..16].copy_from_slice(&seq.to_be_bytes());
-            client_frame(&mut out, &payload);
+            client_frame(&mut outs[seq as usize % streams.len()], &payload);
             seq += 1;
         }
-        if !out.is_empty() && stream.write_all(&out).is_err() {
-            break;
+        for (s, out) in streams.iter_mut().zip(&outs) {
+            if !out.is_empty() && s.write_all(out).is_err() {
+                return seq;
+            }
         }
         std::thread::sleep(Duration::from_micros(200));
     }
@@ -262,37 +273,44 @@ fn main() -> Result<(), String> {
     let a = parse_args()?;
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    let room = |i: usize| if a.rooms == 1 { a.room.clone() } else { format!("{}-{i}", a.room) };
     let mut conns = Vec::new();
-    for _ in 0..a.subs {
-        conns.push(handshake(a.sub, &a.room).map_err(|e| format!("subscriber: {e}"))?);
+    for i in 0..a.subs {
+        conns.push(handshake(a.sub, &room(i % a.rooms)).map_err(|e| format!("subscriber: {e}"))?);
     }
-    let (mut publ, _) = handshake(a.publ, &a.room).map_err(|e| format!("publisher: {e}"))?;
-    let echo_drain = std::thread::spawn({
-        let (s, stop) = (publ.try_clone().map_err(|e| e.to_string())?, stop.clone());
-        move || drain(s, stop)
-    });
-    let seen_any = Arc::new(AtomicBool::new(false));
+    let mut publ = Vec::new();
+    let mut echo_drains = Vec::new();
+    for i in 0..a.rooms {
+        let (s, _) = handshake(a.publ, &room(i)).map_err(|e| format!("publisher: {e}"))?;
+        let (d, stop) = (s.try_clone().map_err(|e| e.to_string())?, stop.clone());
+        echo_drains.push(std::thread::spawn(move || drain(d, stop)));
+        publ.push(s);
+    }
+    let seen = Arc::new(AtomicU64::new(0));
     let measure_from = Arc::new(AtomicU64::new(u64::MAX));
     let subs = std::thread::spawn({
-        let (stop, seen_any, measure_from) = (stop.clone(), seen_any.clone(), measure_from.clone());
-        move || subscribers(conns, base, stop, seen_any, measure_from)
+        let (stop, seen, measure_from) = (stop.clone(), seen.clone(), measure_from.clone());
+        move || subscribers(conns, base, stop, seen, measure_from)
     });
 
-    // Until node B has subscribed through Redis, probes are lost: send one every 50 ms.
+    // Until node B has subscribed through Redis, probes are lost: send one to every room
+    // every 50 ms until every subscriber has had one.
     let mut seq: u64 = 0;
     let probe_deadline = Instant::now() + Duration::from_secs(10);
-    while !seen_any.load(Ordering::Relaxed) {
+    while seen.load(Ordering::Relaxed) < a.subs as u64 {
         if Instant::now() > probe_deadline {
             stop.store(true, Ordering::Relaxed);
-            return Err("no probe reached node B's subscribers within 10 s".into());
+            return Err("probes did not reach all of node B's subscribers within 10 s".into());
         }
-        let mut probe = vec![0u8; a.size];
-        probe[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
-        probe[8..16].copy_from_slice(&seq.to_be_bytes());
-        let mut frame = Vec::new();
-        client_frame(&mut frame, &probe);
-        publ.write_all(&frame).map_err(|e| format!("publisher: {e}"))?;
-        seq += 1;
+        for p in publ.iter_mut() {
+            let mut probe = vec![0u8; a.size];
+            probe[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
+            probe[8..16].copy_from_slice(&seq.to_be_bytes());
+            let mut frame = Vec::new();
+            client_frame(&mut frame, &probe);
+            p.write_all(&frame).map_err(|e| format!("publisher: {e}"))?;
+            seq += 1;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(200));
@@ -309,11 +327,12 @@ fn main() -> Result<(), String> {
         .into_iter()
         .map(|(mut s, d)| {
             let (rate, size) = (a.noise_rate, a.size);
-            (std::thread::spawn(move || publish(&mut s, base, rate.max(1), size, until, 0)), d)
+            (std::thread::spawn(move || publish(std::slice::from_mut(&mut s), base, rate.max(1), size, until, 0)), d)
         })
         .collect();
 
-    let first = seq + 1_000;
+    // Aligned to the rooms, so that the measured messages are dealt out evenly.
+    let first = (seq + 1_000).next_multiple_of(a.rooms as u64);
     measure_from.store(first, Ordering::Relaxed);
     let started = Instant::now();
     let end = publish(&mut publ, base, a.rate, a.size, until, first);
@@ -326,13 +345,24 @@ fn main() -> Result<(), String> {
         let _ = t.join();
         let _ = d.join();
     }
-    let _ = echo_drain.join();
+    for d in echo_drains {
+        let _ = d.join();
+    }
     let sent = end - first;
-    let expected = sent * a.subs as u64;
+    // Room i gets the messages whose number is i modulo rooms, and has every rooms-th
+    // subscriber.
+    let expected: u64 = (0..a.rooms as u64)
+        .map(|i| {
+            let msgs = (sent + a.rooms as u64 - 1 - i) / a.rooms as u64;
+            let subs = (a.subs as u64 + a.rooms as u64 - 1 - i) / a.rooms as u64;
+            msgs * subs
+        })
+        .sum();
     println!(
-        "published {sent} msgs of {} B in {elapsed:.2} s ({:.0}/s) on node A; {} subscribers on node B",
+        "published {sent} msgs of {} B in {elapsed:.2} s ({:.0}/s) on node A in {} room(s); {} subscribers on node B",
         a.size,
         sent as f64 / elapsed,
+        a.rooms,
         a.subs
     );
     if a.noise_rooms > 0 {

@@ -7,12 +7,15 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+# redis-cli: tests/redis_cluster.rs creates its Redis Cluster with `redis-cli --cluster create`.
+command -v redis-cli >/dev/null || need_pkgs+=(redis-tools)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
 # promtool: tests/metrics_promtool.rs and tests/deploy_monitoring.rs (rules check and test).
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
 # tests/browser.rs: headless Chromium driven by playwright-core (npm, below).
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
-# openssl: tests/tls.rs makes its test CA and certificates with it, and uses s_client.
+# openssl: tests/tls.rs and tests/redis_tls.rs make their test CA and certificates with it;
+# tests/tls.rs uses s_client.
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"

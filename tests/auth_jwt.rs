@@ -2,7 +2,7 @@
 //! token may sit, every way a token is refused (401 with a `WWW-Authenticate` challenge,
 //! nothing upgraded), claims reaching the handler, and expiry while connected (1008).
 //!
-//! Tokens are signed here (hmac/sha2, the crate's own `jwt` dependencies) or come from
+//! Tokens are signed here (hmac/sha2, dev-dependencies independent of the verifier's ring) or come from
 //! the openssl-signed fixtures in tests/keys.
 #![cfg(feature = "jwt")]
 

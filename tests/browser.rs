@@ -3,13 +3,17 @@
 //! JWT auth and a rooms claim. Two pages join one room with tokens in the
 //! `bearer.<token>` subprotocol and see each other's messages; a `POST /publish/<room>`
 //! appears on both; a token without that room is refused (403, no upgrade); a
-//! screenshot goes to target/browser-demo.png.
+//! screenshot goes to target/browser-demo*.png. The same run goes over ws:// and, with
+//! permessage-deflate on (shared mode), over wss:// with a test certificate made here
+//! (the page then shows the extension Chromium negotiated, which the script checks).
 //!
 //! The test installs what it lacks (Debian's chromium with apt-get when run as root,
 //! playwright-core with npm); without them it is skipped, except under CI=true, where
 //! it fails, as it does when the browser cannot start.
-#![cfg(feature = "jwt")]
+#![cfg(all(feature = "jwt", feature = "tls", feature = "deflate"))]
 
+#[path = "common/certs.rs"]
+mod certs;
 mod ops;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -19,10 +23,14 @@ use ops::Started;
 use sha2::Sha256;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use wsloop::auth::JwtVerifier;
-use wsloop::server::{Config, PublishKey, Rooms, DEMO_PAGE};
+use wsloop::server::{Compression, Config, PublishKey, Rooms, DEMO_PAGE};
+use wsloop::tls::CertStore;
+
+/// One browser at a time: the runs share the machine's two cores.
+static BROWSER: Mutex<()> = Mutex::new(());
 
 const SECRET: &[u8] = b"browser-test secret, 32 bytes or more";
 const KEY: &str = "browser-test-publish-key";
@@ -90,11 +98,21 @@ fn token(rooms: &str) -> String {
 
 #[test]
 fn two_browser_pages_share_a_room_see_a_backend_publish_and_a_foreign_token_is_refused() {
+    demo_run("ws", false, false);
+}
+
+#[test]
+fn the_demo_works_over_wss_with_permessage_deflate() {
+    demo_run("wss-deflate", true, true);
+}
+
+fn demo_run(tag: &str, tls: bool, deflate: bool) {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     if !ensure_tools(&dir) {
         return;
     }
-    let cfg = Config {
+    let mut cfg = Config {
         workers: 2,
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         publish_key: PublishKey::new(KEY.as_bytes()),
@@ -103,16 +121,28 @@ fn two_browser_pages_share_a_room_see_a_backend_publish_and_a_foreign_token_is_r
         http_page: Some(DEMO_PAGE),
         ..Config::default()
     };
+    let certs = tls.then(|| certs::make_cert(&format!("browser-{tag}"), "ec"));
+    if let Some(d) = &certs {
+        let store = CertStore::load(d.join("cert.pem"), d.join("key.pem")).expect("load the test certificate");
+        cfg.tls = Some(store.server_config());
+    }
+    if deflate {
+        cfg.compression = Compression::Shared;
+        // The test's messages are short: compress them all.
+        cfg.compression_min_size = 0;
+    }
     let server = Started::start(cfg, |_| Rooms);
     let admin = server.admin.unwrap();
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&target).unwrap();
-    let shot = target.join("browser-demo.png");
+    let shot =
+        target.join(if tag == "ws" { "browser-demo.png".to_string() } else { format!("browser-demo-{tag}.png") });
     let _ = std::fs::remove_file(&shot);
+    let scheme = if tls { "https" } else { "http" };
     let out = Command::new("timeout")
         .args(["180", "node", "demo.mjs"])
         .current_dir(&dir)
-        .env("BASE", format!("http://{}", server.addr))
+        .env("BASE", format!("{scheme}://localhost:{}", server.addr.port()))
         .env("ADMIN", format!("http://{admin}"))
         .env("PUBLISH_KEY", KEY)
         .env("ROOM", "news:lobby")
@@ -120,8 +150,12 @@ fn two_browser_pages_share_a_room_see_a_backend_publish_and_a_foreign_token_is_r
         .env("TOKEN_B", token(r#"["news:lobby","other"]"#))
         .env("TOKEN_OTHER", token(r#"["other"]"#))
         .env("SCREENSHOT", &shot)
+        .env("EXPECT_EXTENSION", if deflate { "permessage-deflate" } else { "" })
         .output()
         .expect("run node");
+    if let Some(d) = certs {
+        let _ = std::fs::remove_dir_all(d);
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(2) && stdout.contains("\"launch_failed\":true") {
@@ -130,14 +164,19 @@ fn two_browser_pages_share_a_room_see_a_backend_publish_and_a_foreign_token_is_r
         eprintln!("browser: Chromium did not start, skipping: {stdout}");
         return;
     }
-    assert!(out.status.success() && stdout.contains("\"ok\":true"), "demo.mjs failed:\n{stdout}\n{stderr}");
-    for step in ["both joined", "pages see each other", "publish reached both", "other token refused", "screenshot"] {
-        assert!(stdout.contains(step), "step {step:?} missing: {stdout}");
+    assert!(out.status.success() && stdout.contains("\"ok\":true"), "demo.mjs ({tag}) failed:\n{stdout}\n{stderr}");
+    let mut steps =
+        vec!["both joined", "pages see each other", "publish reached both", "other token refused", "screenshot"];
+    if deflate {
+        steps.push("permessage-deflate negotiated");
+    }
+    for step in steps {
+        assert!(stdout.contains(step), "step {step:?} missing ({tag}): {stdout}");
     }
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000, "not a PNG screenshot");
     // The refusal was a 403 before the upgrade: one application refusal, nothing opened
     // beyond the two pages.
     let refused: u64 = server.handle().metrics().iter().map(|m| m.rejected[5].get()).sum();
-    assert_eq!(refused, 1, "the foreign token's refusal");
+    assert_eq!(refused, 1, "the foreign token's refusal ({tag})");
 }

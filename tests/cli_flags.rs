@@ -5,10 +5,13 @@
 #![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+#[path = "common/spawn.rs"]
+mod spawn;
+use spawn::spawn_wsloop;
 
 const WSLOOP: &str = env!("CARGO_BIN_EXE_wsloop");
 
@@ -208,7 +211,7 @@ fn bench_errors_are_one_line_too() {
     let bench = env!("CARGO_BIN_EXE_wsloop-bench");
     let cases: &[(&[&str], &str)] = &[
         (&["echo", "--url", "ws://127.0.0.1:1/", "--hold", "3"], "--hold does not apply to echo mode (only to idle)"),
-        (&["echo", "--url", "wss://h/"], "invalid value \"wss://h/\" for --url: expected ws://HOST[:PORT][/PATH]"),
+        (&["echo", "--url", "ftp://h/"], "invalid value \"ftp://h/\" for --url: expected ws[s]://HOST[:PORT][/PATH]"),
         (&["flood"], "unknown mode \"flood\": expected echo, idle or broadcast"),
         (&[], "no mode given: expected echo, idle or broadcast"),
     ];
@@ -229,30 +232,7 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(WSLOOP);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("WSLOOP_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wsloop");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn_wsloop(args, env);
         Server { child, lines }
     }
 

@@ -47,6 +47,12 @@ fn resp_seeds_pass() {
     replay("resp", wsloop::redis::fuzzing::resp);
 }
 
+#[cfg(feature = "redis")]
+#[test]
+fn cluster_slots_seeds_pass() {
+    replay("cluster_slots", wsloop::redis::fuzzing::cluster_slots);
+}
+
 #[test]
 fn session_seeds_pass() {
     replay("session", wsloop::session::fuzzing::session);
@@ -71,4 +77,10 @@ fn v1_command_seeds_pass() {
 #[test]
 fn jwt_seeds_pass() {
     replay("jwt", wsloop::auth::fuzzing::jwt);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn tls_session_seeds_pass() {
+    replay("tls_session", wsloop::tls::fuzzing::tls_session);
 }

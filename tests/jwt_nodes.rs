@@ -13,13 +13,15 @@
 #![cfg(all(feature = "jwt", feature = "cli"))]
 
 mod ops;
+#[path = "common/spawn.rs"]
+mod spawn;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use ops::{status, upgrade_request};
 use sha2::Sha256;
-use std::io::{BufRead, BufReader};
+use spawn::spawn_wsloop;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -86,28 +88,9 @@ impl Node {
     }
 
     fn start_mode(mode: &str, args: &[&str]) -> Node {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsloop"));
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WSLOOP_")) {
-            cmd.env_remove(k);
-        }
-        let mut child = cmd
-            .args([mode, "--listen", "127.0.0.1:0", "--workers", "1"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wsloop");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let base = [mode, "--listen", "127.0.0.1:0", "--workers", "1"];
+        let all: Vec<&str> = base.iter().chain(args).copied().collect();
+        let (child, lines) = spawn_wsloop(&all, &[] as &[(&str, &str)]);
         let mut node = Node { child, lines, addr: "0.0.0.0:0".parse().unwrap() };
         let line = node.line_with("listening on ws://");
         let addr = line.split("ws://").nth(1).unwrap().split_whitespace().next().unwrap();

@@ -77,7 +77,7 @@ fn python_websockets_client_gets_echoes_pongs_and_a_clean_close() {
     assert!(common::wait_until(Duration::from_secs(5), || h.open_connections() == 0));
     let sum =
         |f: &dyn Fn(&wsloop::server::metrics::WorkerMetrics) -> u64| -> u64 { h.metrics().iter().map(|m| f(m)).sum() };
-    assert_eq!(sum(&|m| m.messages_in.get()), 4);
+    assert_eq!(sum(&|m| m.messages_in()), 4);
     assert_eq!(sum(&|m| m.frames_in[4].get()), 1, "pings");
     assert_eq!(sum(&|m| m.closes[0].get()), 1, "closes with 1000");
 }

@@ -198,9 +198,9 @@ fn backend_feeds_both_nodes(mode: SubscribeMode) {
     redis(port, &[b"PUBLISH", b"wsloop:news", b"\xff\x00\xfe"]);
     // Envelope lookalikes: the magic, version, opcode and node A's own id (which A drops
     // as node traffic), and one from "node 0". Delivered as sent, header included.
-    let mut own = envelope::header(a.node_id, wsloop::server::Message::Text("x")).to_vec();
+    let mut own = envelope::header(a.node_id, 1, wsloop::server::Message::Text("x")).to_vec();
     own.extend_from_slice(b"x");
-    let zero = envelope::encode(0, wsloop::server::Message::Binary(b"\xff"));
+    let zero = envelope::encode(0, 1, wsloop::server::Message::Binary(b"\xff"));
     redis(port, &[b"PUBLISH", b"wsloop:news", &own]);
     redis(port, &[b"PUBLISH", b"wsloop:news", &zero]);
     let want = [

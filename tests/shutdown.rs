@@ -24,7 +24,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn messages_in(server: &Started) -> u64 {
-    server.handle().metrics().iter().map(|m| m.messages_in.get()).sum()
+    server.handle().metrics().iter().map(|m| m.messages_in()).sum()
 }
 
 /// A client whose receive buffer is small, so the server must hold most of a large echo

@@ -4,63 +4,19 @@
 //! key is committed.
 #![cfg(feature = "tls")]
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 
 use common::{open_fds, wait_until, TestServer};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use wsloop::server::Config;
 use wsloop::tls::{CertStore, TlsFailure};
-
-/// A fresh directory with a test CA (`ca.pem`) and a leaf for localhost and 127.0.0.1
-/// signed by it (`cert.pem`: leaf then CA, `key.pem`: ECDSA P-256 or RSA 2048).
-fn make_cert(tag: &str, kind: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wsloop-tls-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let newkey: &[&str] = if kind == "rsa" {
-        &["-newkey", "rsa:2048"]
-    } else {
-        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
-    };
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(&dir)
-            .args(args)
-            .output()
-            .expect("openssl (Debian package openssl) must be installed");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ca =
-        &["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=wsloop test CA", "-keyout", "ca.key", "-out", "ca.pem"];
-    openssl(&[&ca[..2], newkey, &ca[2..]].concat());
-    let csr = &["req", "-new", "-nodes", "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"];
-    openssl(&[&csr[..2], newkey, &csr[2..]].concat());
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "leaf.pem",
-    ]);
-    let chain = [std::fs::read(dir.join("leaf.pem")).unwrap(), std::fs::read(dir.join("ca.pem")).unwrap()].concat();
-    std::fs::write(dir.join("cert.pem"), chain).unwrap();
-    dir
-}
 
 fn tls_server(dir: &Path, cfg: Config) -> (TestServer, Arc<CertStore>) {
     let store = CertStore::load(dir.join("cert.pem"), dir.join("key.pem")).expect("load");
@@ -106,7 +62,7 @@ fn failures(server: &TestServer, r: TlsFailure) -> u64 {
 #[test]
 fn wss_echo_with_tungstenite_over_rustls() {
     use tungstenite::Message;
-    let dir = make_cert("tungstenite", "ec");
+    let dir = certs::make_cert("tungstenite", "ec");
     let (server, _store) = tls_server(&dir, Config::default());
     let mut ws = connect(&server, &dir.join("ca.pem"));
     assert_eq!(ws.get_ref().conn.alpn_protocol(), Some(&b"http/1.1"[..]));
@@ -136,7 +92,7 @@ fn wss_echo_with_tungstenite_over_rustls() {
 
 #[test]
 fn tls12_and_rsa_keys_work() {
-    let dir = make_cert("rsa", "rsa");
+    let dir = certs::make_cert("rsa", "rsa");
     let (server, _store) = tls_server(&dir, Config::default());
     let out = Command::new("openssl")
         .args(["s_client", "-tls1_2", "-connect", &server.addr.to_string(), "-CAfile"])
@@ -151,7 +107,7 @@ fn tls12_and_rsa_keys_work() {
 
 #[test]
 fn python_websockets_over_wss() {
-    let dir = make_cert("python", "ec");
+    let dir = certs::make_cert("python", "ec");
     let (server, _store) = tls_server(&dir, Config::default());
     let script = r#"
 import ssl, sys
@@ -185,7 +141,7 @@ fn exchange(server: &TestServer, bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn bad_input_ends_cleanly_and_is_counted() {
-    let dir = make_cert("bad", "ec");
+    let dir = certs::make_cert("bad", "ec");
     let (server, _store) = tls_server(&dir, Config::default());
     let fds = open_fds();
     // Plain HTTP, a ws:// upgrade to the TLS port: an alert, nothing upgraded.
@@ -228,7 +184,7 @@ fn bad_input_ends_cleanly_and_is_counted() {
 
 #[test]
 fn a_renegotiation_attempt_is_refused_and_counted() {
-    let dir = make_cert("reneg", "ec");
+    let dir = certs::make_cert("reneg", "ec");
     let (server, _store) = tls_server(&dir, Config::default());
     // s_client's "R" line asks for a TLS 1.2 renegotiation.
     let mut child = Command::new("openssl")
@@ -253,7 +209,7 @@ fn a_renegotiation_attempt_is_refused_and_counted() {
 
 #[test]
 fn handshake_timeout_covers_a_stalled_client_hello() {
-    let dir = make_cert("timeout", "ec");
+    let dir = certs::make_cert("timeout", "ec");
     let cfg = Config { handshake_timeout: Duration::from_millis(300), ..Config::default() };
     let (server, _store) = tls_server(&dir, cfg);
     let mut s = TcpStream::connect(server.addr).unwrap();
@@ -271,11 +227,11 @@ fn handshake_timeout_covers_a_stalled_client_hello() {
 
 #[test]
 fn reload_swaps_the_pair_for_new_handshakes_and_keeps_it_on_a_bad_file() {
-    let dir = make_cert("reload", "ec");
+    let dir = certs::make_cert("reload", "ec");
     let (server, store) = tls_server(&dir, Config::default());
     let mut old = connect(&server, &dir.join("ca.pem"));
     // A new pair in the same files: the open connection stays, new ones see it.
-    let next = make_cert("reload-next", "ec");
+    let next = certs::make_cert("reload-next", "ec");
     std::fs::copy(next.join("cert.pem"), dir.join("cert.pem")).unwrap();
     std::fs::copy(next.join("key.pem"), dir.join("key.pem")).unwrap();
     store.reload().expect("reload");
@@ -295,7 +251,7 @@ fn reload_swaps_the_pair_for_new_handshakes_and_keeps_it_on_a_bad_file() {
 
 #[test]
 fn bad_files_are_named_with_the_problem() {
-    let dir = make_cert("files", "ec");
+    let dir = certs::make_cert("files", "ec");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let e = CertStore::load(dir.join("missing.pem"), &key).unwrap_err();
     assert!(e.to_string().contains("missing.pem") && e.to_string().contains("cannot read"), "{e}");
@@ -305,7 +261,7 @@ fn bad_files_are_named_with_the_problem() {
     assert_eq!(e.path, cert);
     assert!(e.to_string().contains("PRIVATE KEY"), "{e}");
     // A key that is not the certificate's.
-    let other = make_cert("files-other", "ec");
+    let other = certs::make_cert("files-other", "ec");
     let e = CertStore::load(&cert, other.join("key.pem")).unwrap_err();
     assert!(e.to_string().contains("does not match"), "{e}");
 }
@@ -313,7 +269,7 @@ fn bad_files_are_named_with_the_problem() {
 #[cfg(feature = "cli")]
 #[test]
 fn cli_bad_cert_or_key_exits_2_naming_the_file() {
-    let dir = make_cert("cli", "ec");
+    let dir = certs::make_cert("cli", "ec");
     let run = |cert: &Path, key: &Path| {
         let out = Command::new(env!("CARGO_BIN_EXE_wsloop"))
             .args(["echo", "--listen", "127.0.0.1:0", "--tls-cert"])
@@ -333,4 +289,57 @@ fn cli_bad_cert_or_key_exits_2_naming_the_file() {
     let (code, err) = run(&dir.join("ca.pem"), &dir.join("key.pem"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("does not match"), "{err}");
+}
+
+/// `wsloop-bench` in every mode over wss://, trusting the test CA (`--ca`) or any
+/// certificate: every echo checked, every connection opened and closed cleanly.
+#[cfg(feature = "bench")]
+#[test]
+fn wsloop_bench_speaks_wss_in_every_mode() {
+    let dir = certs::make_cert("bench", "ec");
+    let (server, _store) = tls_server(&dir, Config::default());
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let runs: &[&[&str]] = &[
+        &[
+            "echo",
+            "--conns",
+            "4",
+            "--size",
+            "5000",
+            "--inflight",
+            "4",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--ca",
+            ca,
+        ],
+        &["echo", "--conns", "2", "--duration", "0.3", "--warmup", "0"],
+        &["idle", "--conns", "20", "--hold", "0.2", "--ca", ca],
+        &["broadcast", "--subs", "3", "--rate", "200", "--duration", "0.5", "--warmup", "0.1", "--ca", ca],
+    ];
+    for args in runs {
+        let out = Command::new(env!("CARGO_BIN_EXE_wsloop-bench"))
+            .args(&args[..1])
+            .args(["--url", &url, "-q"])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let result = stdout.lines().last().unwrap_or_default();
+        assert!(out.status.success(), "{args:?}: {result}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(result.starts_with("RESULT") && result.contains(" errors=0"), "{args:?}: {result}");
+    }
+    // A CA that did not sign the server's certificate: every connection fails.
+    let other = certs::make_cert("bench-other", "ec");
+    let out = Command::new(env!("CARGO_BIN_EXE_wsloop-bench"))
+        .args(["idle", "--url", &url, "-q", "--conns", "2", "--hold", "0.1", "--connect-timeout", "2", "--ca"])
+        .arg(other.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an untrusted certificate is an error");
+    assert_eq!(server.handle().open_connections(), 0);
 }

@@ -44,13 +44,12 @@ use super::{bearer, AuthError};
 use crate::proto::handshake::Request;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
-use p256::ecdsa::signature::Verifier;
-use p256::pkcs8::DecodePublicKey;
-use rsa::pkcs1::DecodeRsaPublicKey;
-use rsa::traits::PublicKeyParts;
+use der::asn1::UintRef;
+use der::Decode;
+use ring::signature::RsaPublicKeyComponents;
+use ring::{agreement, hmac, signature};
 use serde_json::{Map, Value};
-use sha2::Sha256;
+use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -175,12 +174,17 @@ impl From<KeyError> for AuthError {
 }
 
 /// The key, which fixes the algorithm: there is no way to use one with another.
+///
+/// The crypto is ring's, the same library rustls uses for TLS: one implementation of
+/// SHA-256, RSA and P-256 in the binary rather than two.
 #[derive(Clone)]
 enum Key {
-    /// Keyed once; cloned per token, which skips re-hashing the secret.
-    Hs256(Hmac<Sha256>),
-    Rs256(rsa::pkcs1v15::VerifyingKey<Sha256>),
-    Es256(p256::ecdsa::VerifyingKey),
+    /// Keyed once (ring keeps the padded inner and outer blocks), used for every token.
+    Hs256(hmac::Key),
+    /// `n` and `e` without leading zeros, already checked against what ring accepts.
+    Rs256(RsaPublicKeyComponents<Box<[u8]>>),
+    /// The uncompressed point `0x04 || x || y`, checked to be on P-256.
+    Es256(Box<[u8]>),
 }
 
 impl Key {
@@ -194,28 +198,118 @@ impl Key {
 
     fn verifies(&self, signing_input: &[u8], signature: &[u8]) -> bool {
         match self {
-            Key::Hs256(mac) => {
-                let mut mac = mac.clone();
-                mac.update(signing_input);
-                // Constant-time comparison; a wrong length fails too.
-                mac.verify_slice(signature).is_ok()
-            }
-            Key::Rs256(key) => {
-                rsa::pkcs1v15::Signature::try_from(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
+            // Constant-time comparison; a wrong length fails too.
+            Key::Hs256(key) => hmac::verify(key, signing_input, signature).is_ok(),
+            Key::Rs256(key) => key.verify(&signature::RSA_PKCS1_2048_8192_SHA256, signing_input, signature).is_ok(),
             // Exactly 64 bytes `r || s` (RFC 7518 section 3.4), not DER.
-            Key::Es256(key) => {
-                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
+            Key::Es256(point) => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                .verify(signing_input, signature)
+                .is_ok(),
         }
     }
 
-    fn rs256(key: rsa::PublicKey) -> Result<Key, KeyError> {
-        let bits = key.n().bit_width_vartime();
+    /// An RS256 key from the big-endian modulus and exponent. ring checks a key each
+    /// time it verifies and then only says "no"; these are its checks (ring 0.17
+    /// `rsa::PublicKey::from_modulus_and_exponent`, with the modulus floor raised to
+    /// [`MIN_RSA_BITS`] exactly), made once here so that an unusable key is an error when
+    /// it is loaded rather than every token's [`AuthError::BadSignature`].
+    fn rs256(n: &[u8], e: &[u8]) -> Result<Key, KeyError> {
+        let unusable =
+            |why: &str| KeyError::NotAPublicKey { alg: Alg::Rs256, detail: format!("not a usable RSA key: {why}") };
+        let (n, e) = (strip_leading_zeros(n), strip_leading_zeros(e));
+        let bits = n.first().map_or(0, |&top| n.len() as u32 * 8 - top.leading_zeros());
         if bits < MIN_RSA_BITS as u32 {
             return Err(KeyError::RsaTooSmall { bits });
         }
-        Ok(Key::Rs256(rsa::pkcs1v15::VerifyingKey::new(key)))
+        if bits > MAX_RSA_BITS {
+            return Err(unusable(&format!("the modulus has {bits} bits, more than {MAX_RSA_BITS}")));
+        }
+        if n[n.len() - 1] & 1 == 0 {
+            return Err(unusable("the modulus is even"));
+        }
+        let e_value = match e.len() {
+            1..=5 => e.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b)),
+            _ => return Err(unusable("the public exponent is zero or longer than 33 bits")),
+        };
+        if !(3..1 << 33).contains(&e_value) || e_value & 1 == 0 {
+            return Err(unusable("the public exponent must be odd, at least 3 and under 2^33"));
+        }
+        Ok(Key::Rs256(RsaPublicKeyComponents { n: n.into(), e: e.into() }))
+    }
+
+    /// An ES256 key from a SEC1 point, which must be uncompressed (`0x04 || x || y`, what
+    /// `openssl pkey -pubout` and JWKs carry; ring takes no other form) and on P-256.
+    fn es256(point: &[u8]) -> Result<Key, String> {
+        if point.len() != 65 || point[0] != 4 {
+            return Err(match point.first() {
+                Some(2 | 3) if point.len() == 33 => "a compressed P-256 point; give the key uncompressed \
+                                                     (`openssl ec -pubin -conv_form uncompressed -pubout`)"
+                    .into(),
+                _ => format!("not an uncompressed P-256 point (0x04, x, y: 65 bytes; this is {} bytes)", point.len()),
+            });
+        }
+        // ring checks that the point is on the curve before each signature check, but it
+        // has no public call that only parses a point; ECDH with a throwaway key runs the
+        // same check (`ec::suite_b::public_key::parse_uncompressed_point`) and reports it.
+        let rng = ring::rand::SystemRandom::new();
+        let own = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+            .map_err(|_| "no randomness for the P-256 point check".to_owned())?;
+        agreement::agree_ephemeral(own, &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point), |_| ())
+            .map_err(|_| "not a point on P-256".to_owned())?;
+        Ok(Key::Es256(point.into()))
+    }
+}
+
+/// Largest RSA modulus ring verifies with, in bits.
+const MAX_RSA_BITS: u32 = 8192;
+
+fn strip_leading_zeros(mut b: &[u8]) -> &[u8] {
+    while let [0, rest @ ..] = b {
+        b = rest;
+    }
+    b
+}
+
+/// The DER of a PEM public key: `PUBLIC KEY` (SubjectPublicKeyInfo) or `RSA PUBLIC KEY`
+/// (PKCS#1), as the RSA modulus and exponent or the EC point.
+enum PublicKeyDer<'a> {
+    Rsa {
+        n: &'a [u8],
+        e: &'a [u8],
+    },
+    /// `algorithm` and `parameters` of a SubjectPublicKeyInfo that is not RSA.
+    Other {
+        algorithm: ObjectIdentifier,
+        curve: Option<ObjectIdentifier>,
+        key: &'a [u8],
+    },
+}
+
+/// rsaEncryption (RFC 8017 appendix A.1).
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+/// id-ecPublicKey and the named curve secp256r1 (RFC 5480 section 2.1.1).
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+
+impl<'a> PublicKeyDer<'a> {
+    fn parse(label: &str, der: &'a [u8]) -> Result<Self, String> {
+        let rsa = |der: &'a [u8]| -> Result<Self, String> {
+            let key = pkcs1::RsaPublicKey::<UintRef<'a>>::from_der(der).map_err(|e| format!("PKCS#1: {e}"))?;
+            Ok(PublicKeyDer::Rsa { n: key.modulus.as_bytes(), e: key.public_exponent.as_bytes() })
+        };
+        match label {
+            "RSA PUBLIC KEY" => rsa(der),
+            "PUBLIC KEY" => {
+                let spki = SubjectPublicKeyInfoRef::from_der(der).map_err(|e| format!("SubjectPublicKeyInfo: {e}"))?;
+                let key = spki.subject_public_key.as_bytes().ok_or("the key's BIT STRING has unused bits")?;
+                let (algorithm, curve) = spki.algorithm.oids().map_err(|e| format!("SubjectPublicKeyInfo: {e}"))?;
+                if algorithm == RSA_ENCRYPTION {
+                    return rsa(key);
+                }
+                Ok(PublicKeyDer::Other { algorithm, curve, key })
+            }
+            other => Err(format!("a PEM {other:?} section")),
+        }
     }
 }
 
@@ -233,9 +327,7 @@ impl VerifyKey {
         if secret.len() < MIN_SECRET_LEN {
             return Err(KeyError::SecretTooShort { len: secret.len() });
         }
-        // HMAC takes keys of any length: this cannot fail.
-        let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| KeyError::SecretTooShort { len: secret.len() })?;
-        Ok(VerifyKey { kid: None, key: Key::Hs256(mac) })
+        Ok(VerifyKey { kid: None, key: Key::Hs256(hmac::Key::new(hmac::HMAC_SHA256, secret)) })
     }
 
     /// An RS256 or ES256 key from a PEM public key: `PUBLIC KEY` (SubjectPublicKeyInfo,
@@ -252,14 +344,23 @@ impl VerifyKey {
                 KeyError::NotAPublicKey { alg, detail }
             }
         };
-        let key = match alg {
-            Alg::Hs256 => return Err(KeyError::PublicKeyForHmac),
-            Alg::Rs256 => Key::rs256(rsa::PublicKey::from_public_key_pem(pem).or_else(|spki| {
-                rsa::PublicKey::from_pkcs1_pem(pem).map_err(|pkcs1| not_public(format!("{spki}; as PKCS#1: {pkcs1}")))
-            })?)?,
-            Alg::Es256 => {
-                Key::Es256(p256::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|e| not_public(e.to_string()))?)
+        if alg == Alg::Hs256 {
+            return Err(KeyError::PublicKeyForHmac);
+        }
+        let (label, doc) = der::Document::from_pem(pem).map_err(|e| not_public(e.to_string()))?;
+        let key = match (alg, PublicKeyDer::parse(label, doc.as_bytes()).map_err(not_public)?) {
+            (Alg::Rs256, PublicKeyDer::Rsa { n, e }) => Key::rs256(n, e)?,
+            (Alg::Rs256, PublicKeyDer::Other { .. }) => {
+                return Err(not_public("the key is not RSA (rsaEncryption)".into()))
             }
+            (_, PublicKeyDer::Other { algorithm, curve, key }) if algorithm == EC_PUBLIC_KEY => match curve {
+                Some(c) if c == SECP256R1 => Key::es256(key).map_err(not_public)?,
+                Some(c) => {
+                    return Err(not_public(format!("the EC key is on curve {c}, not P-256 (1.2.840.10045.3.1.7)")))
+                }
+                None => return Err(not_public("the EC key names no curve; P-256 is required".into())),
+            },
+            _ => return Err(not_public("the key is not EC (id-ecPublicKey)".into())),
         };
         Ok(VerifyKey { kid: None, key })
     }
@@ -354,12 +455,12 @@ fn jwk_key(jwk: &Map<String, Value>) -> Result<VerifyKey, String> {
     let key = match kty {
         "oct" => VerifyKey::secret(&field("k")?).map_err(|e| e.to_string())?,
         "RSA" => {
-            let n = field("n")?;
-            let e = field("e")?;
-            let uint =
-                |b: &[u8]| rsa::BoxedUint::from_be_slice(b, (b.len() as u32 * 8).max(8)).map_err(|e| format!("{e:?}"));
-            let key = rsa::PublicKey::new(uint(&n)?, uint(&e)?).map_err(|e| format!("not a usable RSA key: {e}"))?;
-            VerifyKey { kid: None, key: Key::rs256(key).map_err(|e| e.to_string())? }
+            let (n, e) = (field("n")?, field("e")?);
+            let key = Key::rs256(&n, &e).map_err(|e| match e {
+                KeyError::NotAPublicKey { detail, .. } => detail,
+                e => e.to_string(),
+            })?;
+            VerifyKey { kid: None, key }
         }
         "EC" => {
             if jwk.get("crv").and_then(Value::as_str) != Some("P-256") {
@@ -369,19 +470,16 @@ fn jwk_key(jwk: &Map<String, Value>) -> Result<VerifyKey, String> {
             if x.len() != 32 || y.len() != 32 {
                 return Err("\"x\" and \"y\" must be 32 bytes each for P-256".into());
             }
-            let mut sec1 = Vec::with_capacity(65);
-            sec1.push(4);
-            sec1.extend_from_slice(&x);
-            sec1.extend_from_slice(&y);
-            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| "not a point on P-256")?;
-            VerifyKey { kid: None, key: Key::Es256(key) }
+            VerifyKey { kid: None, key: Key::es256(&[&[4][..], &x, &y].concat())? }
         }
         other => return Err(format!("kty {other:?} is not supported (oct, RSA, EC)")),
     };
     match jwk.get("alg") {
         None => Ok(key),
         Some(Value::String(a)) if a == key.alg().name() => Ok(key),
-        Some(a) => Err(format!("alg {a} does not match kty {kty} (which is {})", key.alg().name())),
+        // Named without serde_json's writer, which only this message would pull in.
+        Some(Value::String(a)) => Err(format!("alg {a:?} does not match kty {kty} (which is {})", key.alg().name())),
+        Some(_) => Err("\"alg\" is not a string".into()),
     }
 }
 
@@ -743,8 +841,13 @@ fn decode_object(part: &str) -> Result<Map<String, Value>, AuthError> {
 mod tests {
     use super::*;
     use crate::auth::with_request;
+    // Tokens are signed with RustCrypto (dev-dependencies), an implementation independent
+    // of the verifier's ring, or come from openssl (tests/keys/make-fixtures.sh).
+    use ::hmac::{Hmac, KeyInit, Mac};
     use p256::ecdsa::signature::{SignatureEncoding, Signer};
-    use p256::pkcs8::DecodePrivateKey;
+    use p256::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    use rsa::traits::PublicKeyParts;
+    use sha2::Sha256;
 
     const SECRET: &[u8] = b"a shared secret of at least 32 bytes!";
     const RS_PUBLIC: &str = include_str!("../../tests/keys/rs256-public.pem");
@@ -1166,7 +1269,11 @@ mod tests {
             (r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#, "JWKS key 1"),
             (
                 r#"{"kty":"oct","alg":"RS256","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#,
-                "does not match kty",
+                "alg \"RS256\" does not match kty oct (which is HS256)",
+            ),
+            (
+                r#"{"kty":"oct","alg":7,"k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}"#,
+                "\"alg\" is not a string",
             ),
             (r#"{"kty":"oct","k":"not base64!"}"#, "not base64url"),
             (
@@ -1186,6 +1293,58 @@ mod tests {
         // Encryption keys are left out, not an error; the RSA 1024-bit modulus is too weak.
         let enc = r#"{"keys":[{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}, {"kty":"oct","k":"YSBzaGFyZWQgc2VjcmV0IG9mIGF0IGxlYXN0IDMyIGJ5dGVzIQ"}]}"#;
         assert_eq!(KeySet::from_jwks(enc).unwrap().keys().len(), 1);
+    }
+
+    /// `{"keys":[{"kty":"RSA","n":n,"e":e}]}`, both base64url.
+    fn rsa_jwks(n: &[u8], e: &[u8]) -> Result<KeySet, String> {
+        KeySet::from_jwks(&format!(r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"{}"}}]}}"#, b64(n), b64(e)))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn keys_ring_would_refuse_at_every_token_are_refused_when_loaded() {
+        // The fixture's modulus (2048 bits): usable with e = 3 and with leading zero bytes
+        // (some JWKS writers keep DER's sign byte), and then it verifies tokens.
+        let rs_n = rsa::PublicKey::from_public_key_pem(RS_PUBLIC).unwrap().n().to_be_bytes().to_vec();
+        let rs_n = strip_leading_zeros(&rs_n).to_vec();
+        assert!(rsa_jwks(&rs_n, &[3]).is_ok());
+        let padded = rsa_jwks(&[&[0, 0][..], &rs_n].concat(), &[0, 1, 0, 1]).unwrap();
+        assert!(JwtVerifier::from_keys(padded).verify(&rs256(CLAIMS), NOW).is_ok());
+        let mut even = rs_n.clone();
+        *even.last_mut().unwrap() &= !1;
+        let mut big = vec![0xff; 8200 / 8];
+        big[0] = 0x01; // 8193 bits
+        let cases: [(&[u8], &[u8], &str); 7] = [
+            (&even, &[1, 0, 1], "not a usable RSA key: the modulus is even"),
+            (&big, &[1, 0, 1], "the modulus has 8193 bits, more than 8192"),
+            (&rs_n, &[1], "the public exponent must be odd, at least 3"),
+            (&rs_n, &[1, 0, 0], "the public exponent must be odd"),
+            (&rs_n, &[2, 0, 0, 0, 1], "under 2^33"),
+            (&rs_n, &[1, 0, 0, 0, 0, 1], "zero or longer than 33 bits"),
+            (&rs_n, &[0], "zero or longer than 33 bits"),
+        ];
+        for (n, e, want) in cases {
+            let got = rsa_jwks(n, e).unwrap_err();
+            assert!(got.starts_with("JWKS key 0: ") && got.contains(want), "e={e:?}: {got:?} lacks {want:?}");
+        }
+        // x and y of the right size, not on the curve.
+        let off_curve =
+            format!(r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{}","y":"{}"}}]}}"#, b64([1; 32]), b64([1; 32]));
+        assert_eq!(KeySet::from_jwks(&off_curve).unwrap_err().to_string(), "JWKS key 0: not a point on P-256");
+        // The fixture's point, compressed (`openssl ec -pubin -conv_form compressed`).
+        let compressed =
+            "-----BEGIN PUBLIC KEY-----\nMDkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDIgACzvesS3SJKSa/PpHIRO4+BTWEKR4k\n\
+                          nDVum2A58J+0Nms=\n-----END PUBLIC KEY-----\n";
+        let e = VerifyKey::public_key_pem(compressed, Alg::Es256).unwrap_err().to_string();
+        assert!(e.contains("a compressed P-256 point; give the key uncompressed"), "{e}");
+        // The same key uncompressed is the fixture, and verifies.
+        assert!(VerifyKey::public_key_pem(ES_PUBLIC, Alg::Es256).is_ok());
+        // A PEM of another kind, and a PKCS#1 RSA key given for ES256.
+        let cert = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let e = VerifyKey::public_key_pem(cert, Alg::Rs256).unwrap_err().to_string();
+        assert!(e.contains("a PEM \"CERTIFICATE\" section"), "{e}");
+        let e = VerifyKey::public_key_pem(RS_PUBLIC_PKCS1, Alg::Es256).unwrap_err().to_string();
+        assert!(e.contains("the key is not EC (id-ecPublicKey)"), "{e}");
     }
 
     #[test]

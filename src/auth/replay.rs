@@ -8,7 +8,7 @@
 //! shared by every node using the same Redis.
 
 use super::AuthError;
-use sha2::{Digest, Sha256};
+use ring::digest::{digest, SHA256};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Mutex;
@@ -63,7 +63,7 @@ impl SeenSet {
 
 impl ReplayStore for SeenSet {
     fn claim(&self, jti: &str, until_unix: u64, now_unix: u64) -> Result<(), AuthError> {
-        let id: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
+        let id: [u8; 32] = digest(&SHA256, jti.as_bytes()).as_ref().try_into().expect("SHA-256 is 32 bytes");
         let mut seen = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // Forget what has expired: each id is removed once, so this is amortised O(log n).
         while let Some(&(until, old)) = seen.by_expiry.first() {

@@ -1,12 +1,29 @@
-//! The body of the `resp` fuzz target: the parser of what a Redis server sends, which
-//! is untrusted input.
+//! The bodies of the `resp` and `cluster_slots` fuzz targets: the parsers of what a Redis
+//! server sends, which is untrusted input.
 //!
-//! `fuzz/fuzz_targets/resp.rs` hands libFuzzer's bytes to [`resp`], and
-//! `tests/fuzz_corpus.rs` runs every committed seed in `fuzz/corpus/resp/` through it
-//! under `cargo test --features redis`, as for the protocol core's targets
-//! ([`crate::proto::fuzzing`]). It accepts any bytes and panics only when it finds a bug.
+//! `fuzz/fuzz_targets/resp.rs` hands libFuzzer's bytes to [`resp`] (and
+//! `cluster_slots.rs` to [`cluster_slots`]), and `tests/fuzz_corpus.rs` runs every
+//! committed seed in `fuzz/corpus/<target>/` through them under `cargo test --features
+//! redis`, as for the protocol core's targets ([`crate::proto::fuzzing`]). They accept
+//! any bytes and panic only when they find a bug.
 
 use super::resp::{parse, Limits, RespError, Status, Value, MAX_LINE};
+use super::{topology, Endpoint};
+
+/// A `CLUSTER SLOTS` reply, whole: the bytes are parsed with the topology's limits, then
+/// read as a slot map. Whatever the bytes, the map read is sane: every range within
+/// the 16384 slots and in order, every node with a host, never an empty map.
+pub fn cluster_slots(data: &[u8]) {
+    let Ok(Status::Complete((v, _))) = parse(data, &topology::LIMITS) else { return };
+    let asked = Endpoint { host: "seed".into(), port: 7000 };
+    if let Ok(map) = topology::parse(&v, &asked) {
+        assert!(!map.is_empty(), "an empty map accepted");
+        for r in &map {
+            assert!(r.start <= r.end && usize::from(r.end) < super::slot::SLOTS, "{r:?}");
+            assert!(!r.primary.host.is_empty() && r.primary.host != "?", "{r:?}");
+        }
+    }
+}
 
 /// RESP replies. Input: `[limits, chunking, chunk sizes..., stream...]`.
 ///

@@ -12,12 +12,11 @@
 //! that need it are refused with 503 (`wsloop_connections_rejected_total{reason=
 //! "replay_check"}`), and the outage and the recovery are logged once each.
 
-use super::resp::{self, Limits, Status, Value};
-use super::RedisConfig;
+use super::blocking::Blocking;
+use super::resp::{self, Limits, Value};
+use super::{RedisConfig, TlsClient};
 use crate::auth::{AuthError, ReplayStore};
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,13 +33,12 @@ const MAX_IDLE: usize = 64;
 /// A [`ReplayStore`] in Redis, shared by every node pointed at the same server and
 /// prefix.
 pub struct RedisReplayStore {
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    prefix: String,
+    /// Where and how to connect (host, port, credentials, TLS), and the key prefix.
+    cfg: RedisConfig,
+    /// The TLS client of a `rediss://` URL, or why it could not be set up.
+    tls: Result<Option<TlsClient>, String>,
     timeout: Duration,
-    idle: Mutex<Vec<TcpStream>>,
+    idle: Mutex<Vec<Blocking>>,
     down_until: Mutex<Option<Instant>>,
     down: AtomicBool,
 }
@@ -49,12 +47,16 @@ impl RedisReplayStore {
     /// A store on the server, credentials and key prefix of `cfg` (keys are
     /// `<prefix>jti:<id>`). No connection is made until the first check.
     pub fn new(cfg: &RedisConfig) -> Self {
+        let tls = match &cfg.tls {
+            None => Ok(None),
+            #[cfg(feature = "tls")]
+            Some(roots) => super::tls::client_config(roots).map(Some),
+            #[cfg(not(feature = "tls"))]
+            Some(_) => Err("rediss://: built without TLS (cargo feature `tls`)".to_string()),
+        };
         RedisReplayStore {
-            host: cfg.host.clone(),
-            port: cfg.port,
-            username: cfg.username.clone(),
-            password: cfg.password.clone(),
-            prefix: cfg.prefix.clone(),
+            cfg: cfg.clone(),
+            tls,
             timeout: Duration::from_millis(200),
             idle: Mutex::new(Vec::new()),
             down_until: Mutex::new(None),
@@ -68,44 +70,18 @@ impl RedisReplayStore {
         self
     }
 
-    fn connect(&self) -> io::Result<TcpStream> {
-        let addr = (self.host.as_str(), self.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-        let s = TcpStream::connect_timeout(&addr, self.timeout)?;
-        s.set_read_timeout(Some(self.timeout))?;
-        s.set_write_timeout(Some(self.timeout))?;
-        s.set_nodelay(true)?;
-        let mut s = s;
-        if let Some(pass) = &self.password {
-            let mut cmd = Vec::new();
-            match &self.username {
-                Some(user) => {
-                    resp::command(&mut cmd, 3);
-                    resp::arg(&mut cmd, &[b"AUTH"]);
-                    resp::arg(&mut cmd, &[user.as_bytes()]);
-                }
-                None => {
-                    resp::command(&mut cmd, 2);
-                    resp::arg(&mut cmd, &[b"AUTH"]);
-                }
-            }
-            resp::arg(&mut cmd, &[pass.as_bytes()]);
-            match round_trip(&mut s, &cmd)? {
-                Reply::Ok => {}
-                _ => return Err(io::Error::other("AUTH refused")),
-            }
-        }
-        Ok(s)
+    fn connect(&self) -> Result<Blocking, String> {
+        let tls = self.tls.as_ref().map_err(Clone::clone)?;
+        Blocking::open(&self.cfg, tls.as_ref(), &self.cfg.endpoint(), self.timeout)
     }
 
     /// One `SET NX PXAT` on a pooled connection.
-    fn set_nx(&self, jti: &str, until_unix: u64) -> io::Result<Reply> {
-        let mut cmd = Vec::with_capacity(resp::encoded_len(6, self.prefix.len() + jti.len() + 40));
+    fn set_nx(&self, jti: &str, until_unix: u64) -> Result<Reply, String> {
+        let prefix = &self.cfg.prefix;
+        let mut cmd = Vec::with_capacity(resp::encoded_len(6, prefix.len() + jti.len() + 40));
         resp::command(&mut cmd, 6);
         resp::arg(&mut cmd, &[b"SET"]);
-        resp::arg(&mut cmd, &[self.prefix.as_bytes(), b"jti:", jti.as_bytes()]);
+        resp::arg(&mut cmd, &[prefix.as_bytes(), b"jti:", jti.as_bytes()]);
         resp::arg(&mut cmd, &[b"1"]);
         resp::arg(&mut cmd, &[b"NX"]);
         resp::arg(&mut cmd, &[b"PXAT"]);
@@ -115,7 +91,14 @@ impl RedisReplayStore {
             Some(c) => c,
             None => self.connect()?,
         };
-        let reply = round_trip(&mut conn, &cmd)?;
+        let reply = conn.call(&cmd, &LIMITS, |v| {
+            Ok(match v {
+                Value::Simple(b"OK") => Reply::Ok,
+                Value::Bulk(None) => Reply::Null,
+                Value::Error(e) => Reply::Other(String::from_utf8_lossy(e).into_owned()),
+                other => Reply::Other(format!("unexpected reply {other:?}")),
+            })
+        })?;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
@@ -127,9 +110,9 @@ impl RedisReplayStore {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + DOWN_FOR);
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if !self.down.swap(true, Ordering::Relaxed) {
-            log::warn!(redis = format!("{}:{}", self.host, self.port).as_str();
-                "jti replay check: Redis at {}:{} failed ({why}); refusing tokens that need the check with 503 until it answers",
-                self.host, self.port);
+            let at = self.cfg.endpoint().server();
+            log::warn!(redis = at.as_str();
+                "jti replay check: Redis at {at} failed ({why}); refusing tokens that need the check with 503 until it answers");
         }
     }
 }
@@ -142,7 +125,7 @@ impl ReplayStore for RedisReplayStore {
         match self.set_nx(jti, until_unix) {
             Ok(reply @ (Reply::Ok | Reply::Null)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
-                    log::info!("jti replay check: Redis at {}:{} answers again", self.host, self.port);
+                    log::info!("jti replay check: Redis at {} answers again", self.cfg.endpoint().server());
                 }
                 if reply == Reply::Ok {
                     Ok(())
@@ -155,7 +138,7 @@ impl ReplayStore for RedisReplayStore {
                 Err(AuthError::ReplayCheckUnavailable)
             }
             Err(e) => {
-                self.mark_down(&e.to_string());
+                self.mark_down(&e);
                 Err(AuthError::ReplayCheckUnavailable)
             }
         }
@@ -166,9 +149,10 @@ impl fmt::Debug for RedisReplayStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // No password.
         f.debug_struct("RedisReplayStore")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("prefix", &self.prefix)
+            .field("host", &self.cfg.host)
+            .field("port", &self.cfg.port)
+            .field("tls", &self.cfg.tls.is_some())
+            .field("prefix", &self.cfg.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -181,36 +165,10 @@ enum Reply {
     Other(String),
 }
 
-/// Writes `cmd` and reads one reply, within the socket's timeouts.
-fn round_trip(s: &mut TcpStream, cmd: &[u8]) -> io::Result<Reply> {
-    s.write_all(cmd)?;
-    let mut buf = Vec::with_capacity(64);
-    let mut chunk = [0u8; 256];
-    loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "Redis closed the connection"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        match resp::parse(&buf, &LIMITS) {
-            Ok(Status::Partial) => continue,
-            Ok(Status::Complete((v, used))) if used == buf.len() => {
-                return Ok(match v {
-                    Value::Simple(b"OK") => Reply::Ok,
-                    Value::Bulk(None) => Reply::Null,
-                    Value::Error(e) => Reply::Other(String::from_utf8_lossy(e).into_owned()),
-                    other => Reply::Other(format!("unexpected reply {other:?}")),
-                })
-            }
-            Ok(Status::Complete(_)) => return Err(io::Error::other("more than one reply")),
-            Err(e) => return Err(io::Error::other(format!("bad reply: {e:?}"))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     #[test]

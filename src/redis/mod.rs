@@ -19,8 +19,15 @@
 //! lost for the others (`wsloop_redis_lost_total`). The thread reconnects with
 //! exponential backoff and subscribes again.
 //!
+//! With a Redis Cluster ([`Deployment::Cluster`]) the thread keeps a publishing and a
+//! subscribed connection per shard, reads the slot map with `CLUSTER SLOTS`, and uses
+//! sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`) so that each room's traffic stays on the
+//! shard that owns its slot; it follows `MOVED`, `ASK`, slot moves and failovers
+//! (`driver.rs`). `rediss://` puts TLS (rustls) under any of these connections.
+//!
 //! Node-to-node messages travel in an [`envelope`] (the publishing node's id, the
-//! WebSocket opcode, the payload) on each topic's node channel, `<prefix>\0<topic>`. A
+//! WebSocket opcode, a sequence number, the payload) on each topic's node channel,
+//! `<prefix>\0<topic>` (in a cluster with a hash tag in front: `command.rs`). A
 //! backend publishes into the cluster with any Redis client on the topic's own channel:
 //! `PUBLISH wsloop:news hello` reaches room `news` on every node unchanged, as text when
 //! it is UTF-8 and as binary otherwise.
@@ -36,6 +43,8 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod blocking;
+mod command;
 mod config;
 mod driver;
 pub mod envelope;
@@ -44,10 +53,23 @@ pub mod fuzzing;
 mod history_reader;
 #[cfg(feature = "jwt")]
 mod jti;
+mod link;
+mod order;
 mod resp;
+mod slot;
 pub mod streams;
+#[cfg(feature = "tls")]
+mod tls;
+mod topology;
 
-pub use config::{RedisConfig, SubscribeMode};
+pub use config::{Deployment, Endpoint, RedisConfig, SubscribeMode, TlsRoots};
+
+/// The TLS client configuration of `rediss://` links (nothing without the `tls` feature,
+/// where `rediss://` is refused at start).
+#[cfg(feature = "tls")]
+pub(crate) type TlsClient = Arc<rustls::ClientConfig>;
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsClient = std::convert::Infallible;
 #[cfg(feature = "jwt")]
 pub use jti::RedisReplayStore;
 
@@ -63,9 +85,10 @@ use std::sync::{Arc, Mutex};
 /// [`Server::with_bridge`](crate::Server::with_bridge). Dropping the server stops it.
 pub struct RedisBridge {
     inner: Arc<Inner>,
-    queue: SyncSender<Vec<u8>>,
+    queue: SyncSender<command::Outgoing>,
+    flavor: command::Flavor,
     /// With `RedisConfig::history`: the thread that reads rooms' streams.
-    history: Option<(history_reader::HistoryReader, crate::server::WeakPublisher)>,
+    history: Option<history_reader::HistoryReader>,
 }
 
 /// What the bridge (called on worker threads) and its Redis thread share.
@@ -106,6 +129,16 @@ pub(crate) struct Stats {
     pub reconnects: AtomicU64,
     pub connected: AtomicBool,
     pub channels: AtomicU64,
+    /// Other nodes' messages that never arrived: gaps in their sequence numbers.
+    pub messages_lost: AtomicU64,
+    /// Other nodes' messages dropped for arriving late or twice.
+    pub late: AtomicU64,
+    /// Publishes a cluster node redirected.
+    pub moves: AtomicU64,
+    pub asks: AtomicU64,
+    /// Reads of a cluster's slot map, and the shards it had.
+    pub topology_reads: AtomicU64,
+    pub shards: AtomicU64,
 }
 
 impl Inner {
@@ -122,7 +155,40 @@ impl RedisBridge {
     /// Starts the bridge's thread, which connects to Redis (and keeps reconnecting) in the
     /// background; remote messages go to `publisher`'s server, which the bridge does not
     /// keep alive.
+    ///
+    /// Fails at once on what cannot work: a `rediss://` URL without the `tls` feature or
+    /// with an unusable CA file, pattern subscriptions in a cluster (sharded pub/sub has
+    /// no patterns).
     pub fn start(cfg: RedisConfig, publisher: &Publisher) -> io::Result<Arc<RedisBridge>> {
+        let flavor = match cfg.deployment {
+            Deployment::Single => command::Flavor::Single,
+            Deployment::Cluster { .. } if cfg.mode == SubscribeMode::Pattern => {
+                return Err(io::Error::other(
+                    "a Redis Cluster has no pattern subscriptions for sharded channels: use per-topic mode",
+                ));
+            }
+            Deployment::Cluster { ref seeds } if seeds.is_empty() => {
+                return Err(io::Error::other("a Redis Cluster needs at least one seed node"));
+            }
+            Deployment::Cluster { .. } => command::Flavor::Cluster,
+        };
+        let tls: Option<TlsClient> = match &cfg.tls {
+            None => None,
+            #[cfg(feature = "tls")]
+            Some(roots) => Some(tls::client_config(roots).map_err(io::Error::other)?),
+            #[cfg(not(feature = "tls"))]
+            Some(_) => return Err(io::Error::other("rediss://: built without TLS (cargo feature `tls`)")),
+        };
+        if cfg.history > 0 && (flavor == command::Flavor::Cluster || cfg.tls.is_some()) {
+            // The history thread speaks plain TCP to one Redis (see history_reader.rs).
+            return Err(io::Error::other(
+                "room history in Redis streams works with one Redis over redis:// only, not yet with a cluster or rediss://",
+            ));
+        }
+        if flavor == command::Flavor::Cluster {
+            // Built before the first publish needs it, not on a worker.
+            let _ = slot::tag(0);
+        }
         let poll = mio::Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), driver::WAKER)?;
         let (queue, rx) = sync_channel(cfg.queue_messages.max(1));
@@ -137,22 +203,20 @@ impl RedisBridge {
             stats: Stats::default(),
         });
         log::info!(
-            "redis: bridging topics through {} (channels {}*, {:?}), node id {:016x}",
+            "redis: bridging topics through {}{} (channels {}*, {:?}), node id {:016x}",
             inner.cfg.server(),
+            if inner.cfg.tls.is_some() { " over TLS" } else { "" },
             inner.cfg.prefix,
             inner.cfg.mode,
             inner.node
         );
         let history = match inner.cfg.history {
             0 => None,
-            _ => Some((
-                history_reader::HistoryReader::start(inner.cfg.clone(), publisher.downgrade())?,
-                publisher.downgrade(),
-            )),
+            _ => Some(history_reader::HistoryReader::start(inner.cfg.clone(), publisher.downgrade())?),
         };
-        let driver = driver::Driver::new(poll, inner.clone(), rx, publisher.downgrade());
+        let driver = driver::Driver::new(poll, inner.clone(), rx, publisher.downgrade(), tls);
         std::thread::Builder::new().name("wsloop-redis".into()).spawn(move || driver.run())?;
-        Ok(Arc::new(RedisBridge { inner, queue, history }))
+        Ok(Arc::new(RedisBridge { inner, queue, flavor, history }))
     }
 
     /// This node's id in the envelopes it publishes.
@@ -202,21 +266,19 @@ impl Bridge for RedisBridge {
     }
 
     fn read_history(&self, topic: &str) -> bool {
-        self.history.as_ref().is_some_and(|(reader, _)| reader.read(topic))
+        self.history.as_ref().is_some_and(|reader| reader.read(topic))
     }
 
     fn publish_and_number(&self, topic: &str, msg: Message<'_>) -> Option<Result<crate::server::Seq, String>> {
-        let (reader, _) = self.history.as_ref()?;
+        let reader = self.history.as_ref()?;
         Some(reader.publish(&self.inner.cfg, topic, msg))
     }
 
     fn published(&self, topic: &str, msg: Message<'_>) {
         let cfg = &self.inner.cfg;
-        let payload = msg.as_bytes();
-        let channel_len = cfg.prefix.len() + envelope::NODE_CHANNEL_MARK.len() + topic.len();
         let len = match cfg.history {
-            0 => resp::encoded_len(3, 7 + channel_len + envelope::HEADER_LEN + payload.len()),
-            _ => streams::APPEND_OVERHEAD + 2 * (channel_len + 2) + payload.len(),
+            0 => command::publish_len(&cfg.prefix, topic, msg.as_bytes().len()),
+            _ => streams::append_len(&cfg.prefix, topic, msg.as_bytes().len()),
         };
         // Both bounds are checked before anything is allocated.
         let before = self.inner.queued_bytes.fetch_add(len, Ordering::Relaxed);
@@ -224,21 +286,15 @@ impl Bridge for RedisBridge {
             self.lose_queue_full(len);
             return;
         }
-        let mut cmd = Vec::with_capacity(len);
-        if cfg.history > 0 {
+        let cmd = match cfg.history {
+            0 => command::publish(self.flavor, &cfg.prefix, self.inner.node, topic, msg),
             // Appended to the room's stream and published in one step: one order for
             // every node, which all deliver it when it comes back numbered.
-            let ttl_ms = cfg.history_ttl.map_or(0, |t| t.as_millis().max(1) as u64);
-            streams::append_command(&mut cmd, &cfg.prefix, topic, msg, cfg.history, ttl_ms);
-        } else {
-            resp::command(&mut cmd, 3);
-            resp::arg(&mut cmd, &[b"PUBLISH"]);
-            resp::arg(&mut cmd, &[cfg.prefix.as_bytes(), envelope::NODE_CHANNEL_MARK, topic.as_bytes()]);
-            resp::arg(&mut cmd, &[&envelope::header(self.inner.node, msg), payload]);
-        }
+            _ => streams::append(self.flavor, &cfg.prefix, topic, msg, cfg.history, cfg.history_ttl),
+        };
         // The estimate reserved room; the queue accounts the exact size from here on.
-        self.inner.queued_bytes.fetch_sub(len.saturating_sub(cmd.len()), Ordering::Relaxed);
-        let len = cmd.len();
+        self.inner.queued_bytes.fetch_sub(len.saturating_sub(cmd.cmd.len()), Ordering::Relaxed);
+        let len = cmd.cmd.len();
         match self.queue.try_send(cmd) {
             Ok(()) => self.inner.wake(),
             Err(TrySendError::Full(_)) => self.lose_queue_full(len),
@@ -261,7 +317,7 @@ impl Bridge for RedisBridge {
         family(
             "wsloop_redis_connected",
             "gauge",
-            "1 while both connections to Redis (publishing, subscribed) are up.",
+            "1 while both connections to Redis (publishing, subscribed) are up, to every shard of a cluster.",
             &[("", s.connected.load(Ordering::Relaxed) as u64)],
         );
         family(
@@ -299,6 +355,36 @@ impl Bridge for RedisBridge {
             ],
         );
         family(
+            "wsloop_redis_messages_lost_total",
+            "counter",
+            "Other nodes' messages that never reached this node (gaps in their sequence numbers: a failover, a lost publish).",
+            &[("", get(&s.messages_lost))],
+        );
+        family(
+            "wsloop_redis_messages_late_total",
+            "counter",
+            "Other nodes' messages dropped for arriving after a later one, or twice (never delivered out of order).",
+            &[("", get(&s.late))],
+        );
+        family(
+            "wsloop_redis_redirects_total",
+            "counter",
+            "Publishes a Redis Cluster node sent elsewhere (MOVED: the slot has a new owner; ASK: it is migrating).",
+            &[("{kind=\"moved\"}", get(&s.moves)), ("{kind=\"ask\"}", get(&s.asks))],
+        );
+        family(
+            "wsloop_redis_topology_reads_total",
+            "counter",
+            "Times the bridge read a Redis Cluster's slot map (CLUSTER SLOTS).",
+            &[("", get(&s.topology_reads))],
+        );
+        family(
+            "wsloop_redis_shards",
+            "gauge",
+            "Shards (primaries) of the Redis Cluster in the last slot map (0 with one Redis).",
+            &[("", get(&s.shards))],
+        );
+        family(
             "wsloop_redis_malformed_total",
             "counter",
             "Messages dropped: node traffic that was not a wsloop envelope, or a payload over max_message.",
@@ -316,7 +402,7 @@ impl Bridge for RedisBridge {
             "Channels (or patterns) this node is subscribed to, as Redis last reported.",
             &[("", get(&s.channels))],
         );
-        if let Some((reader, _)) = &self.history {
+        if let Some(reader) = &self.history {
             family(
                 "wsloop_redis_history_reads_total",
                 "counter",

@@ -7,6 +7,11 @@
 //! :42\r\n                integer            $3\r\nfoo\r\n  bulk string ($-1: null)
 //! *2\r\n<v><v>           array of values (*-1: null)
 //! ```
+//!
+//! RESP2 rather than RESP3: a subscribed connection gets sharded pushes (`smessage`,
+//! `ssubscribe`, the unasked `sunsubscribe` of a moved slot) as plain arrays, as it gets
+//! classic ones; RESP3's push type would only let pushes share a connection with
+//! ordinary replies, which the bridge, with a connection of each kind, does not need.
 
 use std::io::Write as _;
 

@@ -16,6 +16,7 @@
 //! `w` then `2` never begins a node envelope of version 1 (`w`, 0x01), so both share the
 //! channel.
 
+use super::command::{Flavor, Outgoing};
 use super::resp;
 use crate::server::{Message, Seq};
 
@@ -31,6 +32,29 @@ pub fn stream_key(prefix: &str, room: &str) -> Vec<u8> {
     k.extend_from_slice(room.as_bytes());
     k.extend_from_slice(b"}:h");
     k
+}
+
+/// The publish of `msg` to `room` through [`APPEND_SCRIPT`], for the bridge's queue.
+pub(crate) fn append(
+    flavor: Flavor,
+    prefix: &str,
+    room: &str,
+    msg: Message<'_>,
+    keep: usize,
+    ttl: Option<std::time::Duration>,
+) -> Outgoing {
+    let mut cmd = Vec::with_capacity(append_len(prefix, room, msg.as_bytes().len()));
+    let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+    append_command(&mut cmd, prefix, room, msg, keep, ttl_ms);
+    // The room in the stream key `{<prefix><room>}:h`, 3 bytes before its end.
+    let slot = if flavor == Flavor::Cluster { super::command::topic_slot(prefix, room) } else { 0 };
+    let key_end = cmd.len();
+    Outgoing { slot, cmd, seq_at: None, topic: key_end..key_end }
+}
+
+/// The most bytes [`append`] makes for a payload of `payload` bytes.
+pub(crate) fn append_len(prefix: &str, room: &str, payload: usize) -> usize {
+    APPEND_OVERHEAD + 2 * (prefix.len() + room.len() + 6) + payload
 }
 
 /// The `EVAL` of [`APPEND_SCRIPT`] for `msg` in `room`, keeping `keep` messages that live

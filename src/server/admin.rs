@@ -234,7 +234,7 @@ pub fn render(shared: &Shared) -> String {
     for (i, s) in HANDSHAKE_STATUSES.iter().enumerate() {
         let _ = writeln!(o, "{n}{{status=\"{s}\"}} {}", sum(&|m| m.handshake_failed[i].get()));
     }
-    scalar(o, "wsloop_messages_received_total", "counter", "Data messages received.", sum(&|m| m.messages_in.get()));
+    scalar(o, "wsloop_messages_received_total", "counter", "Data messages received.", sum(&|m| m.messages_in()));
     scalar(
         o,
         "wsloop_messages_sent_total",

@@ -79,9 +79,11 @@ pub struct Config {
     /// Timer wheel resolution (default 100 ms).
     pub tick: Duration,
     /// The longest a broadcast waits to share a write with later ones (default 2 ms).
-    /// An idle worker writes each broadcast at the end of the loop turn it arrives in;
-    /// after a flush that took `t`, broadcasts wait up to `t` (at most this) for the
-    /// next batch, so batching grows with the load. Zero writes every turn.
+    /// A worker that was idle (blocked in its poll) since its last broadcast write
+    /// writes each broadcast at the end of the loop turn it arrives in; a saturated
+    /// one, after a write that took `t`, lets broadcasts wait up to `t` (at most
+    /// this) for the next batch, so batching grows with the load. Zero writes every
+    /// turn.
     pub broadcast_coalesce: Duration,
     /// Pause after EMFILE/ENFILE before accepting again (default 100 ms).
     pub accept_pause: Duration,

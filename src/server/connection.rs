@@ -71,6 +71,13 @@ pub(crate) struct Ctx {
     /// The worker's one compressor and decompressor (`compression` not `Off`).
     #[cfg(feature = "deflate")]
     pub deflate: Option<Box<crate::deflate::codec::Codec>>,
+    /// Ciphertext buffers, lent to a TLS connection only while it has bytes in flight.
+    /// (Last: the plain path's fields keep their places.)
+    #[cfg(feature = "tls")]
+    pub tls_pool: BufPool,
+    /// Where several outgoing slices are gathered into one record.
+    #[cfg(feature = "tls")]
+    pub tls_stage: Box<[u8]>,
 }
 
 /// Verified JWT claims (with the `jwt` feature).
@@ -104,6 +111,11 @@ impl Ctx {
             tls_on: cfg.tls.is_some(),
             #[cfg(feature = "tls")]
             tls: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls_pool: BufPool::new(crate::tls::layer::TLS_BUF, cfg.pool_keep),
+            #[cfg(feature = "tls")]
+            tls_stage: vec![0u8; if cfg.tls.is_some() { crate::tls::layer::MAX_FRAGMENT } else { 0 }]
+                .into_boxed_slice(),
             wheel: TimerWheel::new(1024),
             start_ns: super::clock::monotonic_ns(),
             now_ns: 0,

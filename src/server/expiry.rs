@@ -62,7 +62,7 @@ impl<H: Handler> Worker<H> {
         };
         #[cfg(feature = "tls")]
         if kind == Some(TimeoutKind::Handshake)
-            && ctx.tls.get(key as usize).and_then(|t| t.as_ref()).is_some_and(|t| t.tls.is_handshaking())
+            && ctx.tls.get(key as usize).and_then(|t| t.as_ref()).is_some_and(|t| t.is_handshaking())
         {
             ctx.metrics.tls_failures[crate::tls::TlsFailure::Timeout.index()].inc();
         }

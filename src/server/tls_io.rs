@@ -1,6 +1,7 @@
-//! The wss:// path of the worker: ciphertext from the socket into rustls, plaintext out
-//! of rustls into the same pooled rings and session calls as ws://, and the session's
-//! output back through rustls. Chosen per worker (`Ctx::tls_on`: the main listener is all wss:// or all ws://), so the plain path
+//! The wss:// path of the worker: ciphertext from the socket into the connection's
+//! TLS layer (`tls::layer`), its plaintext into the same pooled rings and session
+//! calls as ws://, and the session's output back through it. Chosen per worker
+//! (`Ctx::tls_on`: the main listener is all wss:// or all ws://), so the plain path
 //! carries no TLS checks beyond the one branch that picks this file.
 
 use super::conn::Conn;
@@ -8,36 +9,22 @@ use super::connection::Ctx;
 use super::handler::Handler;
 use super::sock::Sock;
 use super::worker::Worker;
+use crate::buf::BufPool;
 use crate::session::{Flushed, ReadTarget, MAX_TRANSMIT_SLICES};
+use crate::tls::layer::Absorbed;
 use crate::tls::{TlsConn, TlsFailure};
-use std::io::{self, IoSlice, Write};
-
-/// What pulling plaintext out of rustls ended with.
-enum Plain {
-    /// All there was went to the session.
-    Drained,
-    /// The session stopped reading (backpressure); rustls keeps the rest.
-    Paused,
-    /// The peer's close_notify: no more data.
-    Closed,
-    /// The connection is gone or ended.
-    Gone,
-}
+use std::io::{self, IoSlice, Read, Write};
 
 impl<H: Handler> Worker<H> {
     /// `read()` for a TLS connection: read until the socket would block, each read's
-    /// records processed and their plaintext handed to the session at once.
+    /// records processed and their plaintext handed to the session at once. Never
+    /// inlined: kept out of `read()`, whose plain path it would otherwise crowd (13
+    /// instructions per echoed ws:// message, measured with callgrind).
+    #[inline(never)]
     pub(super) fn read_tls(&mut self, key: u32, _to_end: bool) {
         loop {
-            // Plaintext rustls still holds (reading was paused) goes first: rustls
-            // refuses more ciphertext while its plaintext buffer is full.
-            match self.pump_plaintext(key) {
-                Plain::Drained => {}
-                Plain::Paused | Plain::Gone => return,
-                Plain::Closed => {
-                    self.on_eof(key);
-                    return;
-                }
+            if !self.absorb_tls(key) {
+                return;
             }
             let Worker { conns, ctx, .. } = self;
             let Some(conn) = conns.get_mut(key as usize) else {
@@ -46,45 +33,32 @@ impl<H: Handler> Worker<H> {
             let Some(t) = ctx.tls.get_mut(key as usize).and_then(|t| t.as_deref_mut()) else {
                 return;
             };
-            let handshaking = t.tls.is_handshaking();
+            conn.meta.maybe_readable = false;
+            let handshaking = t.is_handshaking();
             let failed = |ctx: &mut Ctx, r: TlsFailure| {
                 if handshaking {
                     ctx.metrics.tls_failures[r.index()].inc();
                 }
             };
-            match t.tls.read_tls(&mut Sock(&conn.meta.stream)) {
+            match Sock(&conn.meta.stream).read(t.input_space(&mut ctx.tls_pool)) {
                 Ok(0) => {
+                    t.settle(&mut ctx.tls_pool);
                     failed(ctx, TlsFailure::Eof);
-                    let _ = self.pump_plaintext(key);
                     self.on_eof(key);
                     return;
                 }
                 Ok(n) => {
+                    t.commit_input(n);
                     ctx.metrics.bytes_in.add(n as u64);
-                    if let Err(e) = t.tls.process_new_packets() {
-                        // rustls queued the alert: write it, then drop the connection.
-                        let _ = t.tls.write_tls(&mut Sock(&conn.meta.stream));
-                        let reason = TlsFailure::of(&e);
-                        log::debug!("TLS from {}: {e} ({})", conn.meta.ip(), reason.label());
-                        // Counted after the handshake too: a refused renegotiation (rustls
-                        // answers no_renegotiation, the client's fatal alert follows) is a
-                        // handshake that failed.
-                        ctx.metrics.tls_failures[reason.index()].inc();
-                        conn.session.handle_reset();
-                        self.end(key);
-                        return;
-                    }
-                    if t.tls.wants_write() {
-                        // Handshake records to send.
-                        ctx.mark_dirty(&mut conn.meta, key);
-                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    t.settle(&mut ctx.tls_pool);
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("TLS read: {e}");
-                    let r = if e.kind() == io::ErrorKind::InvalidData { TlsFailure::Other } else { TlsFailure::Eof };
-                    failed(ctx, r);
+                    failed(ctx, TlsFailure::Eof);
                     conn.session.handle_reset();
                     self.end(key);
                     return;
@@ -93,35 +67,46 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Moves the plaintext rustls has decrypted into the session, through the scratch
-    /// ring or the connection's own, as `read()` does with socket bytes.
-    fn pump_plaintext(&mut self, key: u32) -> Plain {
+    /// Runs the TLS layer over what has been received, handing each record's
+    /// plaintext to the session (through the scratch ring or the connection's own, as
+    /// `read()` does with socket bytes) until it needs more from the socket: `true`.
+    /// `false`: reading stops (paused, closed or failed).
+    fn absorb_tls(&mut self, key: u32) -> bool {
         loop {
             let Worker { conns, ctx, handler, scratch, .. } = self;
             let Some(conn) = conns.get_mut(key as usize) else {
-                return Plain::Gone;
+                return false;
             };
             let use_scratch = match conn.session.read_target() {
                 ReadTarget::Paused => {
                     conn.meta.maybe_readable = true;
-                    return Plain::Paused;
+                    return false;
                 }
                 ReadTarget::Scratch => true,
                 ReadTarget::Own => false,
             };
             let Some(t) = ctx.tls.get_mut(key as usize).and_then(|t| t.as_deref_mut()) else {
-                return Plain::Gone;
+                return false;
             };
             let ring = if use_scratch { &mut *scratch } else { conn.session.input_ring(&mut ctx.rpool) };
             if ring.free() == 0 {
                 log::error!("read buffer full without progress; dropping connection");
                 conn.session.handle_reset();
                 self.end(key);
-                return Plain::Gone;
+                return false;
             }
-            match ring.read_from(&mut t.tls.reader()) {
-                Ok(0) => return Plain::Closed,
-                Ok(_) => {
+            let res = t.absorb(ring, &mut ctx.tls_pool);
+            if res.is_err() {
+                // rustls queued its alert: written now, the connection is dropped below.
+                let _ = send_sealed(&conn.meta.stream, t, &mut ctx.tls_pool);
+            }
+            if !t.output().is_empty() {
+                // Handshake records (or an alert) to send.
+                ctx.mark_dirty(&mut conn.meta, key);
+            }
+            match res {
+                Ok(Absorbed::NeedInput) => return true,
+                Ok(Absorbed::Plaintext) => {
                     conn.session.handle_received(ctx.now_tick);
                     if use_scratch {
                         Self::decode(scratch, conn, ctx, handler, key);
@@ -133,22 +118,31 @@ impl<H: Handler> Worker<H> {
                         self.process(key);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Plain::Drained,
-                // The socket's EOF without close_notify: the caller sees it too.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Plain::Drained,
+                Ok(Absorbed::PeerClosed) => {
+                    self.on_eof(key);
+                    return false;
+                }
                 Err(e) => {
-                    log::debug!("TLS: {e}");
-                    return Plain::Closed;
+                    let reason = TlsFailure::of(&e);
+                    log::debug!("TLS from {}: {e} ({})", conn.meta.ip(), reason.label());
+                    // Counted after the handshake too: a refused renegotiation (rustls
+                    // answers no_renegotiation, the client's fatal alert follows) is a
+                    // handshake that failed.
+                    ctx.metrics.tls_failures[reason.index()].inc();
+                    conn.session.handle_reset();
+                    self.end(key);
+                    return false;
                 }
             }
         }
     }
 }
 
-/// `write_out()` for a TLS connection: first the records rustls holds, then the
-/// session's bytes, all its slices in one `write_vectored` (rustls fills each record
-/// across the slices), then those records, until all is written or the socket would
-/// block.
+/// `write_out()` for a TLS connection: first the records already sealed, then the
+/// session's bytes sealed into as few records as they need (all its slices at once)
+/// and written with one system call per buffer, until all is written or the socket
+/// would block. Never inlined, for the same reason as `read_tls`.
+#[inline(never)]
 pub(super) fn write_out_tls<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, key: u32) -> io::Result<Flushed> {
     let Some(mut t) = ctx.tls.get_mut(key as usize).and_then(Option::take) else {
         return Err(io::ErrorKind::NotConnected.into());
@@ -162,34 +156,21 @@ fn write_records<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, t: &mut TlsConn)
     let Conn { session, meta } = conn;
     let mut total = 0u64;
     let res = loop {
-        // Ciphertext first: the session's bytes are consumed only once rustls has room.
-        let mut blocked = None;
-        while t.tls.wants_write() {
-            match t.tls.write_tls(&mut Sock(&meta.stream)) {
-                Ok(0) => {
-                    blocked = Some(Err(io::ErrorKind::WriteZero.into()));
-                    break;
-                }
-                Ok(n) => total += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    blocked = Some(Ok(Flushed::Pending));
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    blocked = Some(Err(e));
-                    break;
-                }
-            }
+        // Sealed records first: the session's bytes are consumed only once sealed.
+        match send_sealed(&meta.stream, t, &mut ctx.tls_pool) {
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(Flushed::Pending),
+            Err(e) => break Err(e),
         }
-        if let Some(r) = blocked {
-            break r;
+        if !t.output().is_empty() {
+            // Written in part: the socket is full.
+            break Ok(Flushed::Pending);
         }
         if let Some(owed) = t.owed.take() {
             break Ok(owed);
         }
         let done = if session.is_open() { Flushed::Empty } else { Flushed::Written };
-        if t.tls.is_handshaking() {
+        if t.is_handshaking() {
             break Ok(done);
         }
         let mut iov = [IoSlice::new(&[]); MAX_TRANSMIT_SLICES];
@@ -197,13 +178,17 @@ fn write_records<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, t: &mut TlsConn)
         if k == 0 {
             break Ok(done);
         }
-        let n = match t.tls.writer().write_vectored(&iov[..k]) {
+        let n = match t.seal(&iov[..k], &mut ctx.tls_stage, &mut ctx.tls_pool) {
             Ok(n) => n,
-            Err(e) => break Err(e),
+            Err(e) => break Err(io::Error::other(e)),
         };
+        if t.has_pending_input() {
+            // Sealing processed records the session could not take yet: the read that
+            // resumes it (after the drain) picks them up.
+            meta.maybe_readable = true;
+        }
         if n == 0 {
-            if t.tls.wants_write() {
-                // rustls is full; its records go out on the next round.
+            if !t.output().is_empty() {
                 continue;
             }
             break Err(io::ErrorKind::WriteZero.into());
@@ -219,16 +204,30 @@ fn write_records<S: Default>(conn: &mut Conn<S>, ctx: &mut Ctx, t: &mut TlsConn)
 }
 
 /// Sends close_notify before the write side shuts (the session's close or refusal is
-/// written by then).
+/// written by then). Never inlined, as `read_tls`.
+#[inline(never)]
 pub(super) fn close_notify<S>(conn: &mut Conn<S>, ctx: &mut Ctx, key: u32) {
     if let Some(t) = ctx.tls.get_mut(key as usize).and_then(|t| t.as_deref_mut()) {
-        t.tls.send_close_notify();
-        while t.tls.wants_write() {
-            match t.tls.write_tls(&mut Sock(&conn.meta.stream)) {
-                Ok(n) if n > 0 => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                _ => break,
+        t.close_notify(&mut ctx.tls_pool);
+        let _ = send_sealed(&conn.meta.stream, t, &mut ctx.tls_pool);
+    }
+}
+
+/// Writes the sealed records until they are all written or the socket takes no more;
+/// returns the bytes written (`WouldBlock` only when nothing was).
+fn send_sealed(stream: &mio::net::TcpStream, t: &mut TlsConn, pool: &mut BufPool) -> io::Result<u64> {
+    let mut total = 0u64;
+    while !t.output().is_empty() {
+        match Sock(stream).write(t.output()) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                total += n as u64;
+                t.wrote(n, pool);
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(total)
 }

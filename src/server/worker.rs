@@ -95,7 +95,9 @@ impl<H: Handler> Worker<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            self.ctx.set_now(self.ctx.clock_ns());
+            let woke = self.ctx.clock_ns();
+            self.ctx.batching.polled(woke.saturating_sub(now));
+            self.ctx.set_now(woke);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -198,6 +200,8 @@ impl<H: Handler> Worker<H> {
             self.last_trim = self.ctx.now_tick;
             self.ctx.rpool.trim();
             self.ctx.wpool.trim();
+            #[cfg(feature = "tls")]
+            self.ctx.tls_pool.trim();
         }
         let end = self.ctx.clock_ns();
         let m = &self.ctx.metrics;
@@ -364,12 +368,8 @@ impl<H: Handler> Worker<H> {
             }
         }
         ring.consume(pos);
-        if msgs > 0 {
-            let m = &ctx.metrics;
-            m.messages_in.add(msgs);
-            if let Some(t) = started {
-                m.observe_latency_ns(t.elapsed().as_nanos() as u64 / msgs);
-            }
+        if let Some(ns) = started.and_then(|t| (t.elapsed().as_nanos() as u64).checked_div(msgs)) {
+            ctx.metrics.observe_latency_ns(ns);
         }
     }
 
@@ -506,8 +506,8 @@ impl<H: Handler> Worker<H> {
         }
         conn.session.release(&mut ctx.rpool, &mut ctx.wpool);
         #[cfg(feature = "tls")]
-        if let Some(slot) = ctx.tls.get_mut(key as usize) {
-            *slot = None;
+        if let Some(t) = ctx.tls.get_mut(key as usize).and_then(Option::take) {
+            t.release(&mut ctx.tls_pool);
         }
         ctx.leave_all(&mut conn.meta, key);
         let Some(end) = end else {

@@ -2,6 +2,7 @@
 //! frames under the backpressure policy and running the close handshake.
 
 use super::*;
+use crate::proto::frame::MAX_HEADER_LEN;
 
 impl Reader {
     /// Nothing pending: no partial frame, no message in progress.
@@ -51,6 +52,19 @@ impl Reader {
             Event::Deflated { text, payload } => return (n, deflated(core, text, payload, cfg, pool, now)),
             Event::Ping(p) => {
                 if core.is_open() {
+                    if core.out.len() > cfg.max_backpressure {
+                        // A peer that pings but does not read: queueing every pong
+                        // would grow the outbox without bound. RFC 6455 5.5.3 lets an
+                        // endpoint answer only the latest of several pings, and this
+                        // peer reads none of them; under `Close` it is a slow consumer
+                        // like any other.
+                        if cfg.backpressure_policy == BackpressurePolicy::Close {
+                            let c = CloseCause::SlowConsumer;
+                            core.close(c, c.code(), c.reason(), pool, now);
+                            return (n, Received::Closing(c));
+                        }
+                        return (n, Received::Control(OpCode::Ping));
+                    }
                     let _ = core.send(OpCode::Pong, p, cfg, pool, now);
                 }
                 return (n, Received::Control(OpCode::Ping));
@@ -208,6 +222,12 @@ impl Core {
             _ => return Sent::NotOpen,
         };
         let cap = cfg.max_backpressure;
+        // Far below the cap (the usual case), neither check below can trip: one
+        // comparison instead of two around the queueing.
+        if before + payload.len() + MAX_HEADER_LEN <= cap {
+            self.out.queue_frame::<RSV1>(pool, op, payload);
+            return Sent::Queued;
+        }
         let mut went_over = false;
         if before > 0 && before + payload.len() > cap && !op.is_control() {
             went_over = o.congest(now);

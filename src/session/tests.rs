@@ -515,3 +515,29 @@ fn a_protocol_error_after_our_close_reports_the_code_we_sent() {
     assert_eq!(end.code, CloseCode::POLICY_VIOLATION);
     assert!(matches!(end.cause, CloseCause::Protocol(_)));
 }
+
+#[test]
+fn a_peer_that_pings_without_reading_cannot_grow_the_outbox() {
+    for policy in [BackpressurePolicy::Drop, BackpressurePolicy::Close, BackpressurePolicy::PauseReading] {
+        let cfg = SessionConfig { max_backpressure: 256, backpressure_policy: policy, ..SessionConfig::default() };
+        let mut r = Rig::with(cfg);
+        // 1000 pings of 125 bytes, never reading our side (no flush in between).
+        let ping = client(OpCode::Ping, &[7u8; 125]);
+        for _ in 0..1000 {
+            if !r.s.is_open() {
+                break;
+            }
+            r.feed(&ping);
+        }
+        let bound = 256 + 2 * (2 + 125);
+        assert!(r.s.buffered() <= bound, "{policy:?}: {} bytes queued", r.s.buffered());
+        r.flush();
+        let closes = r.closes();
+        if policy == BackpressurePolicy::Close {
+            assert_eq!(closes, [1008], "a slow consumer under Close");
+        } else {
+            assert!(closes.is_empty(), "{policy:?}: {closes:?}");
+            assert!(!r.frames().is_empty(), "{policy:?}: the first pings were answered");
+        }
+    }
+}

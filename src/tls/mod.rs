@@ -1,11 +1,13 @@
 //! wss://: rustls between the socket and the session, driven by the same worker.
 //!
-//! The worker reads ciphertext into rustls, pulls the plaintext out into its pooled
-//! read rings and feeds the session from them exactly as for ws://; on the way out it
-//! hands the session's slices to rustls in one `write_vectored` (records span the
-//! slices, so one flush makes as few records as the bytes need) and writes the records
-//! with one `writev`. A plain connection never reaches this code: the worker picks the
-//! TLS path once per event, by whether the connection has a [`TlsConn`].
+//! Each connection's TLS is [`layer::TlsConn`]: rustls' unbuffered API over ciphertext
+//! buffers lent from the worker's pool only while bytes are in flight, so an idle wss
+//! connection holds rustls' state and no record buffer. The worker reads ciphertext
+//! into a lent buffer, decrypts it in place and feeds the plaintext to its pooled read
+//! rings and the session exactly as for ws://; on the way out the session's slices
+//! become as few records as their bytes need, written with one system call per
+//! buffer. A plain worker never reaches this code: it picks the TLS path once per
+//! event, by whether its listener is wss://.
 //!
 //! Certificates: [`CertStore`] loads a PEM chain and key, serves them to every new
 //! handshake through rustls' certificate resolver, and [`CertStore::reload`] swaps
@@ -22,35 +24,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod layer;
+pub(crate) use layer::TlsConn;
+
 pub use rustls::ServerConfig;
-
-/// Ciphertext rustls may hold for one connection before the session keeps the rest:
-/// one flush's worth of records, so backpressure stays the session's business.
-pub(crate) const MAX_PENDING_TLS: usize = 64 << 10;
-
-/// The TLS state of one wss connection, kept by the worker beside the connection's
-/// `Conn` (see `Ctx::tls`). No derived `Debug`: rustls' would link the formatting of
-/// every handshake message type (tens of KB).
-pub(crate) struct TlsConn {
-    pub tls: rustls::ServerConnection,
-    /// What the last flush owes the worker once rustls has written its records (a
-    /// `Drained` must not be lost because the ciphertext blocked).
-    pub owed: Option<crate::session::Flushed>,
-}
-
-impl fmt::Debug for TlsConn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsConn").field("handshaking", &self.tls.is_handshaking()).finish_non_exhaustive()
-    }
-}
-
-impl TlsConn {
-    pub fn new(cfg: &Arc<ServerConfig>) -> Result<Box<Self>, rustls::Error> {
-        let mut tls = rustls::ServerConnection::new(cfg.clone())?;
-        tls.set_buffer_limit(Some(MAX_PENDING_TLS));
-        Ok(Box::new(TlsConn { tls, owed: None }))
-    }
-}
 
 /// Why a TLS handshake failed: the `reason` label of
 /// `wsloop_tls_handshake_failures_total`.

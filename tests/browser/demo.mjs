@@ -15,6 +15,8 @@ const env = (k) => {
 const [base, admin, key, room] = [env("BASE"), env("ADMIN"), env("PUBLISH_KEY"), env("ROOM")];
 const [tokA, tokB, tokOther] = [env("TOKEN_A"), env("TOKEN_B"), env("TOKEN_OTHER")];
 const shot = env("SCREENSHOT");
+// Set for the compressed run: the extension the page must show as negotiated.
+const wantExt = process.env.EXPECT_EXTENSION || "";
 const steps = [];
 const dataDir = mkdtempSync(join(tmpdir(), "wsloop-chromium-"));
 let ctx;
@@ -25,7 +27,10 @@ try {
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
       "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
+      // The wss run's certificate is a test CA's, made by the test.
+      "--ignore-certificate-errors",
     ],
+    ignoreHTTPSErrors: true,
     timeout: 60000,
   });
 } catch (e) {
@@ -45,6 +50,10 @@ try {
   const b = await open(tokB, room);
   for (const p of [a, b]) await p.locator("#status", { hasText: `joined ${room}` }).waitFor({ timeout });
   steps.push("both joined");
+  if (wantExt) {
+    for (const p of [a, b]) await p.locator("#log li", { hasText: `extensions: ${wantExt}` }).first().waitFor({ timeout });
+    steps.push(`${wantExt} negotiated`);
+  }
   await a.fill("#msg", "hello from page A");
   await a.click("#send");
   await seen(b, "hello from page A");

@@ -3,11 +3,14 @@
 //! is required (scripts/test.sh installs it): a missing one fails, it is never skipped.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+#[path = "../common/spawn.rs"]
+mod spawn;
+use spawn::spawn_wsloop;
 
 pub struct Wsloop {
     child: Child,
@@ -25,29 +28,7 @@ impl Wsloop {
     /// Starts `wsloop args..` with exactly the `WSLOOP_*` variables in `env`; waits (at
     /// most 20 s) for its "admin: http://ADDR/metrics" and "listening on ws://ADDR" lines.
     pub fn start(args: &[String], env: &[(String, String)]) -> Wsloop {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsloop"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("WSLOOP_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wsloop");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // Keep draining after the test stops listening, so the pipe never fills.
-                let _ = tx.send(line);
-            }
-        });
+        let (mut child, rx) = spawn_wsloop(args, env);
         let (mut addr, mut admin, mut log) = (None, None, Vec::new());
         for _ in 0..200 {
             match rx.recv_timeout(Duration::from_millis(100)) {

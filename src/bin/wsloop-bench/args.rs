@@ -33,9 +33,11 @@ impl Mode {
     }
 }
 
-/// A `ws://` URL, not yet resolved.
+/// A `ws://` or `wss://` URL, not yet resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WsUrl {
+    /// `wss://`: TLS.
+    pub tls: bool,
     /// Host as written (brackets stripped from an IPv6 literal).
     pub host: String,
     pub port: u16,
@@ -47,13 +49,13 @@ pub struct WsUrl {
 
 impl WsUrl {
     pub fn parse(s: &str) -> Result<WsUrl, String> {
-        let bad = |why: &str| format!("expected ws://HOST[:PORT][/PATH]: {why}");
-        let rest = if let Some(r) = s.strip_prefix("ws://") {
-            r
-        } else if s.starts_with("wss://") {
-            return Err(bad("wss (TLS) is not supported"));
+        let bad = |why: &str| format!("expected ws[s]://HOST[:PORT][/PATH]: {why}");
+        let (tls, rest) = if let Some(r) = s.strip_prefix("ws://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("wss://") {
+            (true, r)
         } else {
-            return Err(bad("must start with ws://"));
+            return Err(bad("must start with ws:// or wss://"));
         };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
@@ -82,13 +84,14 @@ impl WsUrl {
             return Err(bad("no host"));
         }
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| bad("bad port"))?,
         };
         if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Err(bad("spaces or control characters in the path"));
         }
-        Ok(WsUrl { host: host.to_string(), port, path, authority: authority.to_string() })
+        Ok(WsUrl { tls, host: host.to_string(), port, path, authority: authority.to_string() })
     }
 }
 
@@ -114,6 +117,8 @@ pub struct Options {
     pub connect_batch: usize,
     pub source_ips: Option<usize>,
     pub quiet: bool,
+    /// wss://: trust only the CA certificates in this PEM file (default: any certificate).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// A WebSocket load generator on mio and wsloop's own codec.
@@ -150,9 +155,13 @@ enum ModeArgs {
 /// The flags of every mode.
 #[derive(Args, Debug)]
 struct Common {
-    /// ws://HOST[:PORT][/PATH] (wss is not supported)
+    /// ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH]
     #[arg(long, value_name = "URL", value_parser = WsUrl::parse)]
     url: WsUrl,
+    /// wss://: trust only the CA certificates in this PEM file (default: accept any
+    /// certificate, as a load generator against a test server)
+    #[arg(long, value_name = "PATH")]
+    ca: Option<std::path::PathBuf>,
     /// generator threads, one mio loop each
     #[arg(long, value_name = "N", value_parser = count(1, 256), default_value_t = 1)]
     threads: usize,
@@ -306,6 +315,7 @@ fn base(mode: Mode, c: Common, conns: usize, size: usize, timed: Option<Timed>, 
         connect_batch: c.connect_batch,
         source_ips: c.source_ips,
         quiet: c.quiet,
+        ca: c.ca,
     }
 }
 
@@ -354,6 +364,10 @@ mod tests {
         let b = run("broadcast --url ws://h:2 --subs 10 --rate 50.5").unwrap();
         assert_eq!((b.conns, b.size, b.rate, b.grace), (10, 64, 50.5, Duration::from_secs(2)));
         assert_eq!(b.url.path, "/");
+        assert!(!b.url.tls && b.ca.is_none());
+        let w = run("echo --url wss://h/x --ca /tmp/ca.pem").unwrap();
+        assert_eq!((w.url.tls, w.url.port, w.url.path.as_str()), (true, 443, "/x"));
+        assert_eq!(w.ca.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
         assert_eq!(
             (b.connect_timeout, b.close_timeout, b.connect_batch),
             (Duration::from_secs(10), Duration::from_secs(5), 256)
@@ -381,8 +395,7 @@ mod tests {
             ("broadcast --url ws://a:1 --rate 0", "expected messages per second"),
             ("echo --url ws://a:1 --text=1", "--text"),
             ("", "no mode given: expected echo, idle or broadcast"),
-            ("echo --url wss://a:1", "wss (TLS) is not supported"),
-            ("echo --url http://a:1", "must start with ws://"),
+            ("echo --url http://a:1", "must start with ws:// or wss://"),
             ("echo --url ws://a:0", "bad port"),
             ("echo --url ws://a:99999", "bad port"),
             ("echo --url ws://:80", "no host"),

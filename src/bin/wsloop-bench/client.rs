@@ -77,15 +77,26 @@ impl Outbox {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Bytes not yet written.
+    /// Bytes not yet handed on (to the socket or to TLS).
     pub fn pending(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    /// Writes until empty or `WouldBlock`.
-    pub fn flush(&mut self, stream: &mut TcpStream) -> io::Result<()> {
-        while self.pos < self.buf.len() {
-            match stream.write(&self.buf[self.pos..]) {
+    /// Writes until empty or `WouldBlock`, through `tls` when there is one.
+    pub fn flush(&mut self, stream: &mut TcpStream, mut tls: Option<&mut rustls::ClientConnection>) -> io::Result<()> {
+        while self.pos < self.buf.len() || tls.as_ref().is_some_and(|t| t.wants_write()) {
+            let res = match tls.as_deref_mut() {
+                Some(t) => crate::tls::write(t, stream, &self.buf[self.pos..]).and_then(|n| {
+                    // Nothing taken: rustls is at its limit or its records wait for the socket.
+                    if n == 0 {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(n)
+                    }
+                }),
+                None => stream.write(&self.buf[self.pos..]),
+            };
+            match res {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -134,6 +145,8 @@ pub enum ReadOutcome {
 #[derive(Debug)]
 pub struct Conn {
     pub stream: TcpStream,
+    /// wss://: the client side of TLS.
+    pub tls: Option<Box<rustls::ClientConnection>>,
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
@@ -171,9 +184,16 @@ pub enum ConnectStatus {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, role: Role, rbuf_len: usize, now: Instant) -> Conn {
+    pub fn new(
+        stream: TcpStream,
+        tls: Option<Box<rustls::ClientConnection>>,
+        role: Role,
+        rbuf_len: usize,
+        now: Instant,
+    ) -> Conn {
         Conn {
             stream,
+            tls,
             rbuf: vec![0u8; rbuf_len].into_boxed_slice(),
             rstart: 0,
             rend: 0,
@@ -181,6 +201,16 @@ impl Conn {
             out: Outbox::default(),
             session: Session { state: State::Connecting, role, started: now, inflight: VecDeque::new(), next_seq: 0 },
         }
+    }
+
+    /// Bytes queued or TLS records not yet written.
+    pub fn pending(&self) -> usize {
+        self.out.pending() + usize::from(self.tls.as_ref().is_some_and(|t| t.wants_write()))
+    }
+
+    /// Writes what is queued (see [`Outbox::flush`]).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush(&mut self.stream, self.tls.as_deref_mut())
     }
 
     /// Checks a connect in progress (after any readiness event, which may be spurious).
@@ -231,10 +261,16 @@ impl Conn {
             return ReadOutcome::Error(io::Error::other("read buffer full"));
         }
         loop {
-            match self.stream.read(&mut self.rbuf[self.rend..]) {
+            let res = match self.tls.as_deref_mut() {
+                Some(t) => crate::tls::read(t, &mut self.stream, &mut self.rbuf[self.rend..]),
+                None => self.stream.read(&mut self.rbuf[self.rend..]),
+            };
+            match res {
                 Ok(0) => return ReadOutcome::Eof,
                 Ok(n) => {
-                    let short = self.rend + n < self.rbuf.len();
+                    // Through TLS a short read says nothing about the socket (rustls
+                    // may hold more): read on to WouldBlock.
+                    let short = self.tls.is_none() && self.rend + n < self.rbuf.len();
                     self.rend += n;
                     return ReadOutcome::Data { short };
                 }

@@ -13,6 +13,7 @@ mod client;
 mod payload;
 mod report;
 mod sys;
+mod tls;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -202,9 +203,11 @@ fn run(opts: &Options) -> Result<u64, String> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
         .map_err(|e| format!("cannot handle SIGINT: {e}"))?;
 
+    let tls = if opts.url.tls { Some(tls::TlsClient::new(&opts.url.host, opts.ca.as_deref())?) } else { None };
     println!(
-        "wsloop-bench {} ws://{}{} -> {target}: {} connection(s) on {} thread(s){}",
+        "wsloop-bench {} {}://{}{} -> {target}: {} connection(s) on {} thread(s){}",
         opts.mode.name(),
+        if opts.url.tls { "wss" } else { "ws" },
         opts.url.authority,
         opts.url.path,
         total,
@@ -243,6 +246,7 @@ fn run(opts: &Options) -> Result<u64, String> {
             connect_deadline,
             close_timeout: opts.close_timeout,
             seed: seed(index),
+            tls: tls.clone(),
         };
         let shared = Arc::clone(&shared);
         let h = thread::Builder::new()

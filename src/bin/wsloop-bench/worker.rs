@@ -152,6 +152,8 @@ pub struct WorkerConfig {
     pub connect_deadline: Instant,
     pub close_timeout: Duration,
     pub seed: u64,
+    /// wss://: the TLS client configuration.
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 /// What one worker measured.
@@ -579,7 +581,14 @@ impl Worker {
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let mut conn = Conn::new(stream, role, self.cfg.rbuf_len, now);
+        let tls = match self.cfg.tls.as_ref().map(|t| t.connect()).transpose() {
+            Ok(t) => t,
+            Err(e) => {
+                self.ctx.errors.add(ErrorKind::ConnectFailed, || format!("TLS: {e}"));
+                return;
+            }
+        };
+        let mut conn = Conn::new(stream, tls, role, self.cfg.rbuf_len, now);
         if let Err(e) =
             self.poll.registry().register(&mut conn.stream, Token(key), Interest::READABLE | Interest::WRITABLE)
         {
@@ -683,7 +692,7 @@ impl Worker {
                 Ok(true) => {}
                 Ok(false) => {
                     // The server closed: our reply is queued; send it if we can.
-                    let _ = conn.out.flush(&mut conn.stream);
+                    let _ = conn.flush();
                     return self.drop_conn(key);
                 }
                 Err(e) => {
@@ -703,10 +712,10 @@ impl Worker {
     /// Writes what is queued; `false` when the connection was dropped.
     fn flush(&mut self, key: usize) -> bool {
         let conn = &mut self.conns[key];
-        if conn.out.pending() == 0 {
+        if conn.pending() == 0 {
             return true;
         }
-        match conn.out.flush(&mut conn.stream) {
+        match conn.flush() {
             Ok(()) => true,
             Err(e) => {
                 self.on_eof(key, Some(e));

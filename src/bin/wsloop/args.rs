@@ -193,13 +193,19 @@ pub struct Cli {
     /// serve GET /metrics and GET /healthz (503 while draining) on ADDR (default: off)
     #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
     pub admin_listen: Option<SocketAddr>,
-    /// redis://[:password@]host[:port]/: rooms shared with other nodes (pub/sub), and the --jwt-require-jti check (default: off)
-    #[arg(long, value_name = "URL")]
+    /// redis[s]://[[user]:password@]host[:port]/: rooms shared with other nodes (pub/sub), and the --jwt-require-jti check (default: off)
+    #[arg(long, value_name = "URL", conflicts_with = "redis_cluster")]
     pub redis: Option<String>,
-    /// how a node subscribes to the rooms' channels, with --redis
+    /// rooms only: a Redis Cluster's seed nodes (redis[s]:// URLs, comma-separated): rooms shared through sharded pub/sub (default: off)
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub redis_cluster: Option<String>,
+    /// with a rediss:// URL: trust the CA certificates in this PEM file instead of the system's (default: system roots)
+    #[arg(long, value_name = "PATH")]
+    pub redis_ca: Option<String>,
+    /// how a node subscribes to the rooms' channels, with --redis (--redis-cluster: topic only)
     #[arg(long, value_name = "MODE", value_enum, default_value_t = RedisMode::Topic)]
     pub redis_mode: RedisMode,
-    /// the Redis channel of room R is PREFIX + R, with --redis
+    /// the Redis channel of room R is PREFIX + R, with --redis or --redis-cluster
     #[arg(long, value_name = "PREFIX", default_value = "wsloop:")]
     pub redis_prefix: String,
     /// enable POST /publish/<room> on --admin-listen, with Authorization: Bearer <the key in PATH> (default: off)
@@ -573,12 +579,31 @@ fn redact(url: &str) -> String {
 
 /// The Redis flags together.
 fn redis_config(c: &Cli, m: &ArgMatches, max_message: usize) -> Result<Option<RedisSetup>, String> {
-    let Some(url) = &c.redis else {
-        if given(m, "redis_mode") || given(m, "redis_prefix") {
-            return Err("--redis-mode and --redis-prefix need --redis".into());
+    let (flag, url) = match (&c.redis, &c.redis_cluster) {
+        (Some(u), _) => ("--redis", u),
+        (None, Some(u)) => ("--redis-cluster", u),
+        (None, None) => {
+            if given(m, "redis_mode") || given(m, "redis_prefix") || c.redis_ca.is_some() {
+                return Err("--redis-mode, --redis-prefix and --redis-ca need --redis or --redis-cluster".into());
+            }
+            return Ok(None);
         }
-        return Ok(None);
     };
+    if c.redis_cluster.is_some() {
+        if c.mode != Mode::Rooms {
+            return Err("--redis-cluster shares rooms: use it with rooms".into());
+        }
+        if c.jwt_require_jti {
+            return Err(
+                "--jwt-require-jti keeps its jti records in one Redis: give --redis, not --redis-cluster".into()
+            );
+        }
+        if c.redis_mode == RedisMode::Pattern {
+            return Err(
+                "--redis-mode pattern: sharded pub/sub has no patterns; --redis-cluster takes topic only".into()
+            );
+        }
+    }
     if c.mode != Mode::Rooms && !c.jwt_require_jti {
         return Err(
             "--redis with echo shares the --jwt-require-jti check only: add --jwt-require-jti, or use rooms".into()
@@ -586,16 +611,23 @@ fn redis_config(c: &Cli, m: &ArgMatches, max_message: usize) -> Result<Option<Re
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ = (url, max_message);
-        Err("--redis: built without redis (cargo feature `redis`)".into())
+        let _ = (url, flag, max_message);
+        Err(format!("{flag}: built without redis (cargo feature `redis`)"))
     }
     #[cfg(feature = "redis")]
     {
-        use wsloop::redis::{RedisConfig, SubscribeMode};
-        let mut r = RedisConfig::from_url(url).map_err(|e| {
+        use wsloop::redis::{RedisConfig, SubscribeMode, TlsRoots};
+        let parsed = if c.redis.is_some() { RedisConfig::from_url(url) } else { RedisConfig::from_cluster_urls(url) };
+        let mut r = parsed.map_err(|e| {
             let shown = redact(url);
-            format!("invalid value {shown:?} for --redis: {}", e.replace(url.as_str(), &shown))
+            format!("invalid value {shown:?} for {flag}: {}", e.replace(url.as_str(), &shown))
         })?;
+        if let Some(ca) = &c.redis_ca {
+            if r.tls.is_none() {
+                return Err(format!("--redis-ca needs a rediss:// URL in {flag}"));
+            }
+            r.tls = Some(TlsRoots::CaFile(ca.into()));
+        }
         r.mode = match c.redis_mode {
             RedisMode::Topic => SubscribeMode::PerTopic,
             RedisMode::Pattern => SubscribeMode::Pattern,
@@ -669,8 +701,17 @@ mod tests {
                 .unwrap();
             assert_eq!((c.mode, c.prefix.as_str(), c.max_message), (wsloop::redis::SubscribeMode::Pattern, "x:", 99));
             assert!(args("rooms --redis redis://h --redis-mode nope").is_err());
-            let e = args("rooms --redis rediss://:hunter2@h").err().unwrap();
-            assert!(e.contains("rediss://***@h") && !e.contains("hunter2"), "{e}");
+            let e = args("rooms --redis redis://:hunter2@h:port").err().unwrap();
+            assert!(e.contains("redis://***@h") && !e.contains("hunter2"), "{e}");
+            let c = args("rooms --redis rediss://u:p@h:6380 --redis-ca /tmp/ca.pem").unwrap().redis.unwrap();
+            assert_eq!(c.tls, Some(wsloop::redis::TlsRoots::CaFile("/tmp/ca.pem".into())));
+            assert!(args("rooms --redis redis://h --redis-ca /tmp/ca.pem").err().unwrap().contains("rediss://"));
+            let c = args("rooms --redis-cluster redis://h:7000,redis://h:7001").unwrap().redis.unwrap();
+            assert!(matches!(c.deployment, wsloop::redis::Deployment::Cluster { ref seeds } if seeds.len() == 2));
+            assert!(args("rooms --redis-cluster redis://h:7000 --redis-mode pattern").is_err());
+            assert!(args("rooms --redis redis://h --redis-cluster redis://h:7000").is_err());
+            assert!(args("echo --redis-cluster redis://h:7000").is_err());
+            assert!(args("rooms --redis-ca /tmp/ca.pem").err().unwrap().contains("need --redis"));
         }
         #[cfg(not(feature = "redis"))]
         assert!(r.err().unwrap().contains("built without redis"));

@@ -1,0 +1,239 @@
+//! Helpers for the tests that start their own redis-server processes: processes stopped
+//! by their own pid, free loopback ports, a small RESP client, wsloop nodes as child
+//! processes, and a scratch directory that shows the processes' logs when a test fails.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed (SIGKILL, by its own pid) when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+        let out = File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.into(), child }
+    }
+
+    /// SIGKILL (std's `Child::kill`), then reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited early: {status}", self.name);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A scratch directory removed when dropped; on a failing test it prints the logs.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let p = std::env::temp_dir().join(format!("wsloop-{what}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                    eprintln!("---- {} (last lines) ----", e.path().display());
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The path of an installed tool, or `None` (a failure under CI=true).
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let dirs = std::env::var("PATH").unwrap_or_default();
+    let found = dirs
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is not installed (scripts/test.sh installs it): CI must not skip this test"
+        );
+        eprintln!("{name} not installed, skipping (scripts/test.sh installs it)");
+    }
+    found
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn accepts(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// A RESP reply, as far as these tests need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        match self {
+            Reply::Simple(s) | Reply::Error(s) => s.clone(),
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(1.min(line.len()));
+    let bad = || std::io::Error::other(format!("bad reply line {line:?}"));
+    Ok(match kind {
+        "+" => Reply::Simple(rest.into()),
+        "-" => Reply::Error(rest.into()),
+        ":" => Reply::Int(rest.parse().map_err(|_| bad())?),
+        "$" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            if n < 0 {
+                Reply::Bulk(None)
+            } else {
+                let mut b = vec![0u8; n as usize + 2];
+                r.read_exact(&mut b)?;
+                b.truncate(n as usize);
+                Reply::Bulk(Some(b))
+            }
+        }
+        "*" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                items.push(read_reply(r)?);
+            }
+            Reply::Array(items)
+        }
+        _ => return Err(bad()),
+    })
+}
+
+/// One command (binary-safe arguments) to the Redis on `port`; its reply.
+pub fn redis(port: u16, args: &[&[u8]]) -> std::io::Result<Reply> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        cmd.extend_from_slice(a);
+        cmd.extend_from_slice(b"\r\n");
+    }
+    (&s).write_all(&cmd)?;
+    read_reply(&mut BufReader::new(s))
+}
+
+pub fn redis_str(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+    let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+    redis(port, &a)
+}
+
+/// The `wsloop_*` series of a node's /metrics, as (series -> value).
+pub fn metrics(admin: u16) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)) else {
+        return out;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    for line in body.lines().filter(|l| l.starts_with("wsloop_")) {
+        if let Some((k, v)) = line.rsplit_once(' ') {
+            out.insert(k.to_string(), v.parse().unwrap_or(f64::NAN));
+        }
+    }
+    out
+}
+
+pub fn metric(admin: u16, series: &str) -> f64 {
+    metrics(admin).get(series).copied().unwrap_or(f64::NAN)
+}
+
+/// A `wsloop rooms` process.
+pub struct Node {
+    pub port: u16,
+    pub admin: u16,
+    pub proc: Proc,
+}
+
+/// Starts `wsloop rooms` with `redis_args` (e.g. `--redis-cluster URL,...`).
+pub fn start_node(name: &str, redis_args: &[&str], dir: &Path) -> Node {
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsloop"));
+    cmd.args(["rooms", "--workers", "2"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(redis_args)
+        .env("RUST_LOG", "info");
+    let mut p = Proc::spawn(name, &mut cmd, &dir.join(format!("{name}.log")));
+    let up = wait_until(Duration::from_secs(10), || {
+        p.assert_running();
+        accepts(port) && accepts(admin)
+    });
+    assert!(up, "{name} did not start listening");
+    Node { port, admin, proc: p }
+}
