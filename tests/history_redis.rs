@@ -451,13 +451,10 @@ fn a_recovering_client_slower_than_the_publisher_ends_complete_or_is_told() {
 }
 
 #[test]
-fn history_with_a_redis_cluster_is_refused_with_the_reason() {
+fn history_over_rediss_is_refused_with_the_reason() {
     let server = Server::bind("127.0.0.1:0", Config { workers: 1, history: 10, ..Config::default() }).unwrap();
-    let mut rc = RedisConfig::from_url("redis://127.0.0.1:1/").unwrap();
+    let mut rc = RedisConfig::from_url("rediss://127.0.0.1:1/").unwrap();
     rc.history = 10;
-    rc.deployment = wsloop::redis::Deployment::Cluster {
-        seeds: vec![wsloop::redis::Endpoint { host: "127.0.0.1".into(), port: 1 }],
-    };
     let err = RedisBridge::start(rc, &server.handle().publisher()).err().expect("refused");
-    assert!(err.to_string().contains("not yet with a cluster"), "{err}");
+    assert!(err.to_string().contains("not yet rediss://"), "{err}");
 }

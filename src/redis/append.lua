@@ -5,6 +5,7 @@
 -- ARGV[3]  the payload
 -- ARGV[4]  messages kept (XADD MAXLEN)
 -- ARGV[5]  milliseconds the history lives after its last message (0: for ever)
+-- ARGV[6]  optional: SPUBLISH in a Redis Cluster (the default is PUBLISH)
 -- Returns {offset, epoch}. The epoch lives in every entry: a stream that is lost
 -- (Redis restarted empty, deleted, expired) takes its epoch with it.
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -24,5 +25,7 @@ redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], offset .. '-1', 'e', epoch, 'k', 
 if tonumber(ARGV[5]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
-redis.call('PUBLISH', ARGV[1], 'w2 ' .. ARGV[2] .. ' ' .. epoch .. ' ' .. offset .. '\n' .. ARGV[3])
+local verb = 'PUBLISH'
+if ARGV[6] == 'SPUBLISH' then verb = 'SPUBLISH' end
+redis.call(verb, ARGV[1], 'w2 ' .. ARGV[2] .. ' ' .. epoch .. ' ' .. offset .. '\n' .. ARGV[3])
 return {offset, epoch}

@@ -63,7 +63,7 @@ pub(crate) fn topic_slot(prefix: &str, topic: &str) -> u16 {
 }
 
 /// The hash tag, braces included, that starts a node channel in a cluster.
-fn tag(flavor: Flavor, slot: u16) -> ([u8; 6], usize) {
+pub(crate) fn tag(flavor: Flavor, slot: u16) -> ([u8; 6], usize) {
     let mut t = [0u8; 6];
     if flavor == Flavor::Single {
         return (t, 0);

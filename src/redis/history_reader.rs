@@ -43,7 +43,11 @@ impl HistoryReader {
     pub fn start(cfg: RedisConfig, server: WeakPublisher) -> io::Result<HistoryReader> {
         let (tx, rx) = sync_channel(QUEUE);
         let reads = Arc::new(AtomicU64::new(0));
-        let thread = Thread { cfg, server, rx, conn: None, reads: reads.clone() };
+        let at = match &cfg.deployment {
+            super::Deployment::Cluster { seeds } if !seeds.is_empty() => (seeds[0].host.clone(), seeds[0].port),
+            _ => (cfg.host.clone(), cfg.port),
+        };
+        let thread = Thread { cfg, server, rx, conn: None, at, reads: reads.clone() };
         std::thread::Builder::new().name("wsloop-redis-history".into()).spawn(move || thread.run())?;
         Ok(HistoryReader { tx, reads })
     }
@@ -60,7 +64,11 @@ impl HistoryReader {
     pub fn publish(&self, cfg: &RedisConfig, room: &str, msg: Message<'_>) -> Result<Seq, String> {
         let mut command = Vec::new();
         let ttl_ms = cfg.history_ttl.map_or(0, |t| t.as_millis().max(1) as u64);
-        streams::append_command(&mut command, &cfg.prefix, room, msg, cfg.history, ttl_ms);
+        let flavor = match cfg.deployment {
+            super::Deployment::Cluster { .. } => super::command::Flavor::Cluster,
+            _ => super::command::Flavor::Single,
+        };
+        streams::append_command(&mut command, flavor, &cfg.prefix, room, msg, cfg.history, ttl_ms);
         let (reply, rx) = sync_channel(1);
         self.tx.try_send(Job::Publish { command, reply }).map_err(|_| "the history thread is busy".to_string())?;
         rx.recv_timeout(2 * IO_TIMEOUT).map_err(|_| "no answer from Redis".to_string())?
@@ -72,6 +80,8 @@ struct Thread {
     server: WeakPublisher,
     rx: Receiver<Job>,
     conn: Option<(TcpStream, Vec<u8>)>,
+    /// Where `conn` goes: the Redis, or in a cluster the shard the last `MOVED` named.
+    at: (String, u16),
     reads: Arc<AtomicU64>,
 }
 
@@ -141,12 +151,31 @@ impl Thread {
         parsed
     }
 
-    /// Sends one command and returns the bytes of its whole reply.
+    /// Sends one command and returns the bytes of its whole reply; in a cluster, follows
+    /// `MOVED` to the shard that owns the key (a few times at most).
     fn exchange(&mut self, cmd: &[u8], limits: &Limits) -> Result<Vec<u8>, String> {
+        for _ in 0..4 {
+            let buf = self.exchange_once(cmd, limits)?;
+            let moved = match resp::parse(&buf, limits) {
+                Ok(Status::Complete((Value::Error(e), _))) => moved_to(e),
+                _ => None,
+            };
+            match moved {
+                Some(at) => {
+                    self.at = at;
+                    self.conn = None;
+                }
+                None => return Ok(buf),
+            }
+        }
+        Err("too many MOVED redirections".into())
+    }
+
+    fn exchange_once(&mut self, cmd: &[u8], limits: &Limits) -> Result<Vec<u8>, String> {
         let cfg = self.cfg.clone();
         let (stream, buf) = match &mut self.conn {
             Some(c) => c,
-            None => self.conn.insert(connect(&cfg)?),
+            None => self.conn.insert(connect(&cfg, &self.at)?),
         };
         stream.write_all(cmd).map_err(|e| format!("write: {e}"))?;
         let mut buf = std::mem::take(buf);
@@ -167,10 +196,18 @@ impl Thread {
     }
 }
 
-fn connect(cfg: &RedisConfig) -> Result<(TcpStream, Vec<u8>), String> {
-    let addr = (cfg.host.as_str(), cfg.port)
+/// `MOVED <slot> <host>:<port>`: where the key lives now.
+fn moved_to(e: &[u8]) -> Option<(String, u16)> {
+    let e = std::str::from_utf8(e).ok()?;
+    let addr = e.strip_prefix("MOVED ")?.split(' ').nth(1)?;
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+fn connect(cfg: &RedisConfig, at: &(String, u16)) -> Result<(TcpStream, Vec<u8>), String> {
+    let addr = (at.0.as_str(), at.1)
         .to_socket_addrs()
-        .map_err(|e| format!("resolving {}: {e}", cfg.host))?
+        .map_err(|e| format!("resolving {}: {e}", at.0))?
         .next()
         .ok_or("the host name has no address")?;
     let mut s = TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(|e| format!("connect: {e}"))?;

@@ -172,6 +172,10 @@ impl RedisBridge {
             }
             Deployment::Cluster { .. } => command::Flavor::Cluster,
         };
+        if cfg.history > 0 && cfg.tls.is_some() {
+            // The history thread speaks plain TCP (see history_reader.rs).
+            return Err(io::Error::other("room history in Redis streams works over redis:// only, not yet rediss://"));
+        }
         let tls: Option<TlsClient> = match &cfg.tls {
             None => None,
             #[cfg(feature = "tls")]
@@ -179,12 +183,6 @@ impl RedisBridge {
             #[cfg(not(feature = "tls"))]
             Some(_) => return Err(io::Error::other("rediss://: built without TLS (cargo feature `tls`)")),
         };
-        if cfg.history > 0 && (flavor == command::Flavor::Cluster || cfg.tls.is_some()) {
-            // The history thread speaks plain TCP to one Redis (see history_reader.rs).
-            return Err(io::Error::other(
-                "room history in Redis streams works with one Redis over redis:// only, not yet with a cluster or rediss://",
-            ));
-        }
         if flavor == command::Flavor::Cluster {
             // Built before the first publish needs it, not on a worker.
             let _ = slot::tag(0);

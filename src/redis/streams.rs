@@ -45,8 +45,7 @@ pub(crate) fn append(
 ) -> Outgoing {
     let mut cmd = Vec::with_capacity(append_len(prefix, room, msg.as_bytes().len()));
     let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
-    append_command(&mut cmd, prefix, room, msg, keep, ttl_ms);
-    // The room in the stream key `{<prefix><room>}:h`, 3 bytes before its end.
+    append_command(&mut cmd, flavor, prefix, room, msg, keep, ttl_ms);
     let slot = if flavor == Flavor::Cluster { super::command::topic_slot(prefix, room) } else { 0 };
     let key_end = cmd.len();
     Outgoing { slot, cmd, seq_at: None, topic: key_end..key_end }
@@ -60,25 +59,41 @@ pub(crate) fn append_len(prefix: &str, room: &str, payload: usize) -> usize {
 /// The `EVAL` of [`APPEND_SCRIPT`] for `msg` in `room`, keeping `keep` messages that live
 /// `ttl_ms` after the last one (0: for ever). Its reply is `[offset, epoch]` (an integer
 /// and a decimal string).
-pub(crate) fn append_command(out: &mut Vec<u8>, prefix: &str, room: &str, msg: Message<'_>, keep: usize, ttl_ms: u64) {
+/// In a cluster, the room's node channel starts with the hash tag of the room
+/// channel's slot (as `command::publish` makes it), and the script uses `SPUBLISH`.
+pub(crate) fn append_command(
+    out: &mut Vec<u8>,
+    flavor: Flavor,
+    prefix: &str,
+    room: &str,
+    msg: Message<'_>,
+    keep: usize,
+    ttl_ms: u64,
+) {
     let kind: &[u8] = match msg {
         Message::Text(_) => b"t",
         Message::Binary(_) => b"b",
     };
-    resp::command(out, 9);
+    let cluster = flavor == Flavor::Cluster;
+    let slot = if cluster { super::command::topic_slot(prefix, room) } else { 0 };
+    let (tag, tag_len) = super::command::tag(flavor, slot);
+    resp::command(out, if cluster { 10 } else { 9 });
     resp::arg(out, &[b"EVAL"]);
     resp::arg(out, &[APPEND_SCRIPT.as_bytes()]);
     resp::arg(out, &[b"1"]);
     resp::arg(out, &[&stream_key(prefix, room)]);
-    resp::arg(out, &[prefix.as_bytes(), super::envelope::NODE_CHANNEL_MARK, room.as_bytes()]);
+    resp::arg(out, &[&tag[..tag_len], prefix.as_bytes(), super::envelope::NODE_CHANNEL_MARK, room.as_bytes()]);
     resp::arg(out, &[kind]);
     resp::arg(out, &[msg.as_bytes()]);
     resp::arg(out, &[keep.to_string().as_bytes()]);
     resp::arg(out, &[ttl_ms.to_string().as_bytes()]);
+    if cluster {
+        resp::arg(out, &[b"SPUBLISH"]);
+    }
 }
 
 /// Bytes of [`append_command`] beyond the payload and room (twice: key and channel).
-pub(crate) const APPEND_OVERHEAD: usize = 9 * 16 + APPEND_SCRIPT.len() + 64;
+pub(crate) const APPEND_OVERHEAD: usize = 10 * 16 + APPEND_SCRIPT.len() + 64;
 
 /// Whether node-channel bytes are a numbered envelope.
 pub fn is_numbered(data: &[u8]) -> bool {
@@ -151,7 +166,7 @@ mod tests {
     #[test]
     fn the_append_command_is_one_eval() {
         let mut out = Vec::new();
-        append_command(&mut out, "p:", "r", Message::Text("hi"), 100, 0);
+        append_command(&mut out, Flavor::Single, "p:", "r", Message::Text("hi"), 100, 0);
         let s = String::from_utf8_lossy(&out);
         assert!(s.starts_with("*9\r\n$4\r\nEVAL\r\n"));
         assert!(s.contains("{p:r}:h"));
