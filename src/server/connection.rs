@@ -62,8 +62,6 @@ pub(crate) struct Ctx {
     pub topics: LocalTopics,
     /// Publishes made by handlers on this worker, delivered after the callback returns.
     pub local_pubs: Vec<(Arc<str>, Arc<[u8]>)>,
-    /// Connections being served from history (see `feed`).
-    pub replaying: Vec<u32>,
     /// The verified token of the connection in `on_open`.
     pub claims: Option<Claims>,
     /// Tokens of pending application timers.
@@ -78,6 +76,9 @@ pub(crate) struct Ctx {
     /// Where several outgoing slices are gathered into one record.
     #[cfg(feature = "tls")]
     pub tls_stage: Box<[u8]>,
+    /// Connections being served from history (see `feed`). Last, with the TLS fields:
+    /// the echo path's fields keep their places.
+    pub replaying: Vec<u32>,
 }
 
 /// Verified JWT claims (with the `jwt` feature).
