@@ -33,6 +33,8 @@ fi
 python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
 # playwright-core only (never its browser download): it drives Debian's /usr/bin/chromium.
 [ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm install --silent --no-audit --no-fund)
+# tests/deflate.rs: Node's ws client (permessage-deflate in both modes).
+[ -d tests/node/node_modules/ws ] || (cd tests/node && npm install --silent --no-audit --no-fund)
 
 # Tests hold up to ~20,000 sockets across processes; the hard limit here is 20,000.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -3,6 +3,10 @@
 
 #[cfg(feature = "deflate")]
 pub(crate) mod codec;
+#[cfg(feature = "deflate")]
+pub(crate) mod dedicated;
 mod negotiate;
 
+#[cfg(feature = "deflate")]
+pub use dedicated::context_bytes as dedicated_context_bytes;
 pub use negotiate::{negotiate, Agreed, Compression};

@@ -11,17 +11,40 @@ pub enum Compression {
     /// answer is always `server_no_context_takeover; client_no_context_takeover`, so no
     /// connection holds compression state.
     Shared,
-    /// A compressor per connection that keeps its context (not implemented yet:
-    /// [`Config::validate`](crate::server::Config::validate) refuses it).
+    /// A compressor per connection that keeps its context between the connection's
+    /// messages (no `server_no_context_takeover` in the answer, unless the client asks
+    /// for it), taken on the first compressed send and released once the connection
+    /// has sent nothing compressed for `compression_idle`. The decompressor stays the
+    /// worker's: the answer still asks for `client_no_context_takeover`, so nothing
+    /// about a client's messages outlives them (RFC 7692 7.1.1.2).
     Dedicated,
 }
 
-/// What one connection negotiated: the server's window for its own messages. The
-/// server never keeps context in `shared` mode, and always asks the client not to.
+/// What one connection negotiated: the server's window for its own messages and
+/// whether the server keeps its compression context between them. The server always
+/// asks the client not to keep one (`client_no_context_takeover`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Agreed {
     /// The LZ77 window the server compresses with (9 to 15).
     pub server_max_window_bits: u8,
+    /// The answer left out `server_no_context_takeover`: the server's messages may
+    /// refer back to its earlier ones (`dedicated` mode).
+    pub server_context_takeover: bool,
+}
+
+/// [`Agreed::to_byte`]'s flag for context takeover (window bits fit in the low nibble).
+const TAKEOVER: u8 = 0x80;
+
+impl Agreed {
+    /// Packed into one byte, never 0, so a session holds a negotiation in its padding.
+    pub fn to_byte(self) -> u8 {
+        self.server_max_window_bits | if self.server_context_takeover { TAKEOVER } else { 0 }
+    }
+
+    /// The inverse of [`Agreed::to_byte`]; 0 is "not negotiated".
+    pub fn from_byte(b: u8) -> Option<Agreed> {
+        (b != 0).then_some(Agreed { server_max_window_bits: b & !TAKEOVER, server_context_takeover: b & TAKEOVER != 0 })
+    }
 }
 
 /// Parameters of one offer, after the RFC's checks.
@@ -107,11 +130,17 @@ pub fn negotiate<'a>(
             continue;
         }
         // Every parameter the server applies, and only those. client_no_context_takeover
-        // is always asked for (the worker's decompressor is reset after every message),
-        // server_no_context_takeover always given (its compressor is too).
-        let mut header = String::from(
-            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover",
-        );
+        // is always asked for (the worker's decompressor is reset after every message;
+        // RFC 7692 7.1.1.2 lets a server ask for it unoffered). server_no_context_takeover
+        // is given in shared mode (its compressor is reset too), and in dedicated mode
+        // only when the client asks for it (7.1.1.1: then it must be honoured, and the
+        // connection uses the worker's compressor).
+        let takeover = mode == Compression::Dedicated && !o.server_no_context_takeover;
+        let mut header = String::from("Sec-WebSocket-Extensions: permessage-deflate");
+        if !takeover {
+            header.push_str("; server_no_context_takeover");
+        }
+        header.push_str("; client_no_context_takeover");
         if o.server_max_window_bits.is_some() || server_bits < 15 {
             header.push_str(&format!("; server_max_window_bits={server_bits}"));
         }
@@ -119,7 +148,8 @@ pub fn negotiate<'a>(
         // The decompressor has a 15-bit window: it inflates whatever window the client
         // uses, so an offered client_max_window_bits needs no answer; the context
         // takeover parameters offered are already met.
-        return Some((Agreed { server_max_window_bits: server_bits }, header));
+        let agreed = Agreed { server_max_window_bits: server_bits, server_context_takeover: takeover };
+        return Some((agreed, header));
     }
     None
 }
@@ -163,6 +193,25 @@ mod tests {
             let want = want.map(|w| format!("{BASE}{w}\r\n"));
             assert_eq!(answer(offers), want, "{offers:?}");
         }
+    }
+
+    #[test]
+    fn dedicated_keeps_context_unless_the_client_asks_not_to() {
+        let ask = |offer: &str| negotiate(Compression::Dedicated, 12, [offer].into_iter()).unwrap();
+        let (a, h) = ask("permessage-deflate; client_max_window_bits");
+        assert_eq!(a, Agreed { server_max_window_bits: 12, server_context_takeover: true });
+        assert_eq!(
+            h,
+            "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; server_max_window_bits=12\r\n"
+        );
+        let (a, h) = ask("permessage-deflate; server_no_context_takeover; server_max_window_bits=10");
+        assert_eq!(a, Agreed { server_max_window_bits: 10, server_context_takeover: false });
+        assert_eq!(h, format!("{BASE}; server_max_window_bits=10\r\n"));
+        for a in [a, Agreed { server_max_window_bits: 15, server_context_takeover: true }] {
+            assert_ne!(a.to_byte(), 0);
+            assert_eq!(Agreed::from_byte(a.to_byte()), Some(a));
+        }
+        assert_eq!(Agreed::from_byte(0), None);
     }
 
     #[test]

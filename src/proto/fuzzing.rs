@@ -186,7 +186,9 @@ pub fn message(data: &[u8]) {
                 assert!(std::str::from_utf8(s.as_bytes()).is_ok());
                 assert!(s.len() <= cfg.max_message);
             }
-            OwnedEvent::Binary(b) | OwnedEvent::Deflated(_, b) => assert!(b.len() <= cfg.max_message),
+            OwnedEvent::Binary(b) | OwnedEvent::Deflated(_, b) | OwnedEvent::DeflatedPart(_, b) => {
+                assert!(b.len() <= cfg.max_message)
+            }
             OwnedEvent::Ping(b) | OwnedEvent::Pong(b) => assert!(b.len() <= MAX_CONTROL_PAYLOAD),
             OwnedEvent::Close(c) => {
                 assert!(c.as_ref().map_or(0, |(_, r)| r.len()) <= MAX_CONTROL_PAYLOAD - 2)

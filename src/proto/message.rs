@@ -65,10 +65,18 @@ pub enum Event<'a> {
     /// A complete permessage-deflate message (RSV1 on its first frame, only once
     /// [`Decoder::set_deflate`] allowed it), still compressed: the caller inflates it,
     /// checking the size limit as it goes and, for text, UTF-8.
+    ///
+    /// A message that arrives in parts (fragments, or a long frame across reads) comes
+    /// as several events, `end` on the last: the caller inflates each part at once, so
+    /// bad UTF-8 fails the connection as early as in a plain text message. (One variant
+    /// for both, so the plain path's matches keep their shape.)
     Deflated {
         /// A text message (else binary).
         text: bool,
-        /// The compressed payload, without the stripped tail.
+        /// The message is complete with this part.
+        end: bool,
+        /// The compressed bytes since the last part (all of them for a message that
+        /// came whole), without the stripped tail.
         payload: &'a [u8],
     },
 }
@@ -368,7 +376,7 @@ impl Decoder {
                 if msg.assembled {
                     self.assembly().extend_from_slice(payload);
                     if !hdr.fin {
-                        return Ok((consumed, None));
+                        return Ok((consumed, self.deflated_part(msg.kind)));
                     }
                     return Ok((consumed, Some(self.finish_assembled()?)));
                 }
@@ -417,13 +425,28 @@ impl Decoder {
         let remaining = remaining - take as u64;
         if remaining > 0 {
             self.state = State::Streaming { mask, fin, remaining, offset: ((offset as usize + take) & 3) as u8 };
-            return Ok((take, None));
+            let kind = self.msg.expect("streaming a message").kind;
+            return Ok((take, if take > 0 { self.deflated_part(kind) } else { None }));
         }
         self.state = State::Idle;
         if !fin {
-            return Ok((take, None));
+            let kind = self.msg.expect("streaming a message").kind;
+            return Ok((take, self.deflated_part(kind)));
         }
         Ok((take, Some(self.finish_assembled()?)))
+    }
+
+    /// For a compressed message, hands over the compressed bytes assembled so far (they
+    /// are emptied on the next call); `None` for a plain one, which stays assembled.
+    #[inline]
+    fn deflated_part(&mut self, kind: Kind) -> Option<Event<'_>> {
+        let text = match kind {
+            Kind::Text | Kind::Binary => return None,
+            Kind::DeflatedText => true,
+            Kind::DeflatedBinary => false,
+        };
+        self.flags |= CLEAR_ASSEMBLED;
+        Some(Event::Deflated { text, end: false, payload: self.assembled_bytes() })
     }
 
     fn assembly(&mut self) -> &mut Vec<u8> {
@@ -439,8 +462,8 @@ impl Decoder {
         self.flags |= CLEAR_ASSEMBLED;
         Ok(match msg.kind {
             Kind::Binary => Event::Binary(self.assembled_bytes()),
-            Kind::DeflatedText => Event::Deflated { text: true, payload: self.assembled_bytes() },
-            Kind::DeflatedBinary => Event::Deflated { text: false, payload: self.assembled_bytes() },
+            Kind::DeflatedText => Event::Deflated { text: true, end: true, payload: self.assembled_bytes() },
+            Kind::DeflatedBinary => Event::Deflated { text: false, end: true, payload: self.assembled_bytes() },
             Kind::Text => {
                 self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                 // SAFETY: every byte went through the validator, which saw a complete end.
@@ -481,6 +504,8 @@ pub(crate) enum OwnedEvent {
     Close(Option<(u16, String)>),
     /// A compressed message: text or binary, and its payload.
     Deflated(bool, Vec<u8>),
+    /// Part of a compressed message: text or binary, and the bytes.
+    DeflatedPart(bool, Vec<u8>),
 }
 
 impl From<Event<'_>> for OwnedEvent {
@@ -491,7 +516,8 @@ impl From<Event<'_>> for OwnedEvent {
             Event::Ping(b) => OwnedEvent::Ping(b.to_vec()),
             Event::Pong(b) => OwnedEvent::Pong(b.to_vec()),
             Event::Close(c) => OwnedEvent::Close(c.map(|(c, r)| (c.0, r.to_owned()))),
-            Event::Deflated { text, payload } => OwnedEvent::Deflated(text, payload.to_vec()),
+            Event::Deflated { text, end: true, payload } => OwnedEvent::Deflated(text, payload.to_vec()),
+            Event::Deflated { text, end: false, payload } => OwnedEvent::DeflatedPart(text, payload.to_vec()),
         }
     }
 }
@@ -732,8 +758,25 @@ mod tests {
             }
             outcomes.push((events, err));
         }
-        assert_eq!(outcomes[0], outcomes[1], "byte by byte changed the outcome");
-        outcomes.pop().unwrap()
+        // Where a message's parts end depends on how its bytes arrived; its bytes do not.
+        let joined = |events: &[OwnedEvent]| {
+            let mut out: Vec<OwnedEvent> = Vec::new();
+            let mut part = Vec::new();
+            for ev in events {
+                match ev {
+                    OwnedEvent::DeflatedPart(_, b) => part.extend_from_slice(b),
+                    OwnedEvent::Deflated(t, b) => {
+                        part.extend_from_slice(b);
+                        out.push(OwnedEvent::Deflated(*t, std::mem::take(&mut part)));
+                    }
+                    e => out.push(e.clone()),
+                }
+            }
+            out
+        };
+        assert_eq!(joined(&outcomes[0].0), joined(&outcomes[1].0), "byte by byte changed the messages");
+        assert_eq!(outcomes[0].1, outcomes[1].1, "byte by byte changed the error");
+        outcomes.swap_remove(0)
     }
 
     fn rsv1(mut f: Vec<u8>) -> Vec<u8> {
@@ -746,9 +789,11 @@ mod tests {
         let wire = rsv1(frame(true, OpCode::Text, b"zz"));
         assert_eq!(run(&wire, &small_cfg()).1, Some(ProtocolError::ReservedBits));
         assert_eq!(run_deflate(&wire), (vec![OwnedEvent::Deflated(true, b"zz".to_vec())], None));
-        // Fragmented: RSV1 on the first frame only, the payload joined.
+        // Fragmented: RSV1 on the first frame only; each fragment handed over as it
+        // completes, for inflating at once.
         let wire = [rsv1(frame(false, OpCode::Binary, b"ab")), frame(true, OpCode::Continuation, b"cd")].concat();
-        assert_eq!(run_deflate(&wire), (vec![OwnedEvent::Deflated(false, b"abcd".to_vec())], None));
+        let want = vec![OwnedEvent::DeflatedPart(false, b"ab".to_vec()), OwnedEvent::Deflated(false, b"cd".to_vec())];
+        assert_eq!(run_deflate(&wire), (want, None));
         // Compressed bytes are not text yet: no UTF-8 check before inflation.
         let wire = rsv1(frame(true, OpCode::Text, &[0xff; 300]));
         assert_eq!(run_deflate(&wire), (vec![OwnedEvent::Deflated(true, vec![0xff; 300])], None));

@@ -275,6 +275,23 @@ pub fn render(shared: &Shared) -> String {
             let _ = writeln!(o, "{n}{{reason=\"{}\"}} {}", r.label(), sum(&|m| m.tls_failures[r.index()].get()));
         }
     }
+    #[cfg(feature = "deflate")]
+    {
+        scalar(
+            o,
+            "wsloop_deflate_dedicated_contexts",
+            "gauge",
+            "Per-connection compressors held now (--compression dedicated; freed after --compression-idle).",
+            sum(&|m| m.deflate_dedicated_contexts.get()),
+        );
+        scalar(
+            o,
+            "wsloop_deflate_dedicated_bytes",
+            "gauge",
+            "Heap bytes held by per-connection compressors.",
+            sum(&|m| m.deflate_dedicated_bytes.get()),
+        );
+    }
     scalar(
         o,
         "wsloop_backpressure_events_total",

@@ -135,6 +135,16 @@ pub struct Config {
     /// Messages shorter than this go out uncompressed, RSV1 clear (default 64 bytes:
     /// deflate's block overhead makes shorter text barely shrink).
     pub compression_min_size: usize,
+    /// `dedicated` mode: a connection's compressor (~245 to 371 KiB, see
+    /// [`dedicated_context_bytes`](crate::deflate::dedicated_context_bytes)) is freed
+    /// once the connection has sent nothing compressed for this long (default 5 s; it
+    /// is checked every this long, so freed within twice it). Its next message starts
+    /// a new context.
+    pub compression_idle: Duration,
+    /// `dedicated` mode: per-connection compressors a worker holds at most (default
+    /// 512, at most ~186 MiB per worker with 15-bit windows); past it, connections
+    /// without one get their messages compressed without context.
+    pub compression_max_contexts: usize,
     /// Messages kept per room for clients that reconnect (default 0: no history, no
     /// offsets). With it, clients speaking `wsloop.v1` get each message's room, offset
     /// and epoch and may resume with `since=`/`epoch=` (see `protocol_v1`).
@@ -187,6 +197,8 @@ impl Default for Config {
             compression: Compression::Off,
             compression_window_bits: 15,
             compression_min_size: 64,
+            compression_idle: Duration::from_secs(5),
+            compression_max_contexts: 512,
             history: 0,
             history_bytes: 1 << 20,
             history_ttl: Some(Duration::from_secs(300)),
@@ -271,8 +283,8 @@ impl Config {
         if self.compression != Compression::Off && !cfg!(feature = "deflate") {
             return err("compression", "needs the `deflate` feature".into());
         }
-        if self.compression == Compression::Dedicated {
-            return err("compression", "`dedicated` is not implemented yet; use `shared`".into());
+        if self.compression_idle.is_zero() {
+            return err("compression_idle", "is 0; allowed: more than 0".into());
         }
         if self.max_message == 0 {
             return err("max_message", "is 0; allowed: at least 1".into());

@@ -26,6 +26,9 @@ pub(crate) enum TimerEvent {
     /// An application timer. `slot` indexes `Ctx::app_tokens`: keeping the u64 token
     /// out of the wheel entry keeps every entry (one per connection) at 32 bytes.
     App { key: u32, generation: u32, slot: u32 },
+    /// Time to free the dedicated compressors gone quiet (armed while any is held).
+    #[cfg(feature = "deflate")]
+    DeflateSweep,
 }
 
 /// The worker's state that callbacks reach through a [`Connection`].
@@ -50,6 +53,9 @@ pub(crate) struct Ctx {
     /// Worker clock (ns since `start`) at the start of this loop turn.
     pub now_ns: u64,
     pub now_tick: Tick,
+    /// Handling latency is sampled in one loop turn of 64 (two clock reads per batch are
+    /// a visible share of a 32-byte echo); decided once per turn.
+    pub sample_latency: bool,
     pub tick_ns: u64,
     pub ticks_per_sec: u32,
     /// Connections with output to flush at the end of the turn.
@@ -76,9 +82,27 @@ pub(crate) struct Ctx {
     /// Where several outgoing slices are gathered into one record.
     #[cfg(feature = "tls")]
     pub tls_stage: Box<[u8]>,
+    /// `dedicated` mode's per-connection compressors, by key (only while they send).
+    #[cfg(feature = "deflate")]
+    pub dedicated: Option<Box<crate::deflate::dedicated::Contexts>>,
     /// Connections being served from history (see `feed`). Last, with the TLS fields:
     /// the echo path's fields keep their places.
     pub replaying: Vec<u32>,
+}
+
+/// Frees connection `key`'s dedicated compressor, if it holds one, and updates the
+/// gauges (it closed, or was sent a message made without its context).
+#[cfg(feature = "deflate")]
+pub(crate) fn forget_context(
+    dedicated: &mut Option<Box<crate::deflate::dedicated::Contexts>>,
+    metrics: &WorkerMetrics,
+    key: u32,
+) {
+    if let Some(d) = dedicated.as_mut() {
+        d.release(key);
+        metrics.deflate_dedicated_contexts.set(d.len() as u64);
+        metrics.deflate_dedicated_bytes.set(d.bytes());
+    }
 }
 
 /// Verified JWT claims (with the `jwt` feature).
@@ -121,6 +145,7 @@ impl Ctx {
             start_ns: super::clock::monotonic_ns(),
             now_ns: 0,
             now_tick: 0,
+            sample_latency: false,
             tick_ns: cfg.tick.as_nanos().clamp(1, u64::MAX as u128) as u64,
             ticks_per_sec: (1_000_000_000 / cfg.tick.as_nanos().max(1)).clamp(1, u32::MAX as u128) as u32,
             batching: Batching::new(cfg.broadcast_coalesce.as_nanos().min(u64::MAX as u128) as u64),
@@ -135,6 +160,11 @@ impl Ctx {
             #[cfg(feature = "deflate")]
             deflate: (cfg.compression != crate::deflate::Compression::Off)
                 .then(|| Box::new(crate::deflate::codec::Codec::new())),
+            #[cfg(feature = "deflate")]
+            dedicated: (cfg.compression == crate::deflate::Compression::Dedicated).then(|| {
+                let idle = cfg.compression_idle.as_nanos().min(u64::MAX as u128) as u64;
+                Box::new(crate::deflate::dedicated::Contexts::new(idle, cfg.compression_max_contexts))
+            }),
             cfg,
             shared,
         }
@@ -387,7 +417,7 @@ impl Connection<'_> {
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
         // A server without compression has no codec: one test, not a look at the phase.
         #[cfg(feature = "deflate")]
-        if self.ctx.deflate.is_some() && self.core.deflate_bits() != 0 {
+        if self.ctx.deflate.is_some() && self.core.compresses() {
             return self.send_deflated(msg);
         }
         let ctx = &mut *self.ctx;
@@ -400,9 +430,24 @@ impl Connection<'_> {
     fn send_deflated(&mut self, msg: Message<'_>) -> SendStatus {
         let ctx = &mut *self.ctx;
         let payload = msg.as_bytes();
-        let sent = match ctx.deflate.as_mut() {
-            Some(codec) if payload.len() >= ctx.cfg.compression_min_size => {
-                let z = codec.compress(payload, self.core.deflate_bits());
+        let agreed = self.core.deflate();
+        let sent = match (agreed, ctx.deflate.as_mut(), ctx.dedicated.as_mut()) {
+            (Some(a), Some(codec), dedicated) if payload.len() >= ctx.cfg.compression_min_size => {
+                let bits = a.server_max_window_bits;
+                let z = match dedicated {
+                    Some(d) if a.server_context_takeover && d.has_room_for(self.key) => {
+                        d.compress(self.key, bits, payload, ctx.now_ns);
+                        ctx.metrics.deflate_dedicated_contexts.set(d.len() as u64);
+                        ctx.metrics.deflate_dedicated_bytes.set(d.bytes());
+                        if !d.sweep_armed {
+                            d.sweep_armed = true;
+                            let at = ctx.now_tick as u64 + to_ticks(ctx.cfg.compression_idle, ctx.cfg.tick) as u64;
+                            ctx.wheel.schedule(at, TimerEvent::DeflateSweep);
+                        }
+                        d.out()
+                    }
+                    _ => codec.compress(payload, bits),
+                };
                 self.core.send_compressed(msg.opcode(), z, &ctx.scfg, &mut ctx.wpool, ctx.now_tick)
             }
             _ => self.core.send(msg.opcode(), payload, &ctx.scfg, &mut ctx.wpool, ctx.now_tick),
@@ -410,10 +455,9 @@ impl Connection<'_> {
         ctx.sent(self.core, self.meta, self.key, sent, true)
     }
 
-    /// Whether this connection negotiated permessage-deflate (known from `on_open` on).
+    /// What this connection negotiated for permessage-deflate (known from `on_open` on).
     pub fn deflate(&self) -> Option<crate::deflate::Agreed> {
-        let bits = self.core.deflate_bits();
-        (bits != 0).then_some(crate::deflate::Agreed { server_max_window_bits: bits })
+        self.core.deflate()
     }
 
     /// Queues a text message.

@@ -64,9 +64,18 @@ impl<H: Handler> Worker<H> {
             if let Some(conn) = self.conns.get_mut(key as usize) {
                 #[cfg(feature = "deflate")]
                 {
-                    let bits = conn.session.core().deflate_bits();
-                    if bits != 0 {
+                    // Compressed once for all, also for a connection with a dedicated
+                    // context: a message made without that context is valid in any
+                    // stream (RFC 7692 7.1.1.1), and one compression beats one per
+                    // subscriber. But it lands in the client's window, between what
+                    // the context has seen, so the context is dropped: the next send
+                    // starts a new one.
+                    if let Some(a) = conn.session.core().deflate() {
+                        let bits = a.server_max_window_bits;
                         if let Some(z) = self.ctx.compressed_frame(frame, bits, &mut compressed) {
+                            if a.server_context_takeover {
+                                super::connection::forget_context(&mut self.ctx.dedicated, &self.ctx.metrics, key);
+                            }
                             self.ctx.deliver(conn.session.core(), &mut conn.meta, key, z);
                             continue;
                         }

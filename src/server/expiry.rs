@@ -27,6 +27,8 @@ impl<H: Handler> Worker<H> {
                     conn.meta.timer = None;
                     self.timeout(key);
                 }
+                #[cfg(feature = "deflate")]
+                TimerEvent::DeflateSweep => self.sweep_dedicated(),
                 TimerEvent::App { key, generation, slot } => {
                     let Worker { conns, ctx, handler, .. } = self;
                     let token = ctx.app_tokens.remove(slot as usize);

@@ -78,14 +78,16 @@ impl<H: Handler> Worker<H> {
                 LiveStep::Skip => {}
                 LiveStep::Behind => ctx.list_replay(&mut conn.meta, key),
                 LiveStep::Deliver if bare => {
+                    // As `Worker::deliver`: compressed once for all; a dedicated context
+                    // is dropped, the message having been made without it.
                     #[cfg(feature = "deflate")]
-                    {
-                        let bits = core.deflate_bits();
-                        if bits != 0 {
-                            if let Some(z) = ctx.compressed_frame(frame, bits, &mut compressed) {
-                                ctx.deliver(core, &mut conn.meta, key, z);
-                                continue;
+                    if let Some(a) = core.deflate() {
+                        if let Some(z) = ctx.compressed_frame(frame, a.server_max_window_bits, &mut compressed) {
+                            if a.server_context_takeover {
+                                super::connection::forget_context(&mut ctx.dedicated, &ctx.metrics, key);
                             }
+                            ctx.deliver(core, &mut conn.meta, key, z);
+                            continue;
                         }
                     }
                     ctx.deliver(core, &mut conn.meta, key, frame);

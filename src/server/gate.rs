@@ -156,7 +156,7 @@ pub(super) fn handshake<H: Handler>(
     let extensions = crate::deflate::negotiate(ctx.cfg.compression, ctx.cfg.compression_window_bits, req.extensions());
     #[cfg(not(feature = "deflate"))]
     let extensions: Option<(crate::deflate::Agreed, String)> = None;
-    conn.session.set_deflate(extensions.as_ref().map_or(0, |(a, _)| a.server_max_window_bits));
+    conn.session.set_deflate(extensions.as_ref().map(|(a, _)| *a));
     let mut c = Connection { core: conn.session.core(), ctx: &mut *ctx, meta: &mut conn.meta, key };
     let decision = handler.on_open(&mut c, &req);
     ctx.claims = None;

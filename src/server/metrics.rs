@@ -28,6 +28,13 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 
+    /// Sets a gauge to `v` (owner thread only).
+    #[cfg(feature = "deflate")]
+    #[inline]
+    pub(crate) fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
     /// Current value (any thread).
     #[inline]
     pub fn get(&self) -> u64 {
@@ -130,6 +137,12 @@ pub struct WorkerMetrics {
     /// Failed TLS handshakes, by [`TlsFailure::ALL`](crate::tls::TlsFailure::ALL) index.
     #[cfg(feature = "tls")]
     pub tls_failures: [Counter; 9],
+    /// `dedicated` compression: per-connection compressors held now (gauge).
+    #[cfg(feature = "deflate")]
+    pub deflate_dedicated_contexts: Counter,
+    /// Their heap bytes (gauge).
+    #[cfg(feature = "deflate")]
+    pub deflate_dedicated_bytes: Counter,
 }
 
 impl WorkerMetrics {

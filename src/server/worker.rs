@@ -206,6 +206,7 @@ impl<H: Handler> Worker<H> {
         let end = self.ctx.clock_ns();
         let m = &self.ctx.metrics;
         m.loop_iterations.inc();
+        self.ctx.sample_latency = m.loop_iterations.get() & 63 == 0;
         m.loop_busy_ns.add(end.saturating_sub(now));
         end
     }
@@ -322,9 +323,7 @@ impl<H: Handler> Worker<H> {
         let data = ring.make_contiguous();
         let mut pos = 0;
         let mut msgs = 0u64;
-        // Handling latency is sampled in one loop turn of 64: two clock reads per batch
-        // are a visible share of a 32-byte echo.
-        let started = (ctx.metrics.loop_iterations.get() & 63 == 0).then(Instant::now);
+        let started = ctx.sample_latency.then(Instant::now);
         // Decoded to the end with nothing pending: the usual way out, without one more call.
         let (reader, core, user) = conn.session.split();
         while pos < data.len() || !reader.is_idle() {
@@ -338,7 +337,10 @@ impl<H: Handler> Worker<H> {
                     let mut c = Connection { core, ctx: &mut *ctx, meta: &mut conn.meta, key };
                     handler.on_message(&mut c, user, msg);
                 }
-                Received::Deflated { text, payload } => {
+                Received::Deflated { text, end: false, payload } => {
+                    Self::inflate_part(ctx, core, &mut conn.meta, key, text, payload)
+                }
+                Received::Deflated { text, end: true, payload } => {
                     ctx.metrics.frames_in[if text { 1 } else { 2 }].inc();
                     msgs += 1;
                     Self::inflated(ctx, core, &mut conn.meta, user, handler, key, text, payload);
@@ -504,6 +506,8 @@ impl<H: Handler> Worker<H> {
         if let Some(id) = conn.meta.timer.take() {
             ctx.wheel.cancel(id);
         }
+        #[cfg(feature = "deflate")]
+        ctx.forget_deflate(key);
         conn.session.release(&mut ctx.rpool, &mut ctx.wpool);
         #[cfg(feature = "tls")]
         if let Some(t) = ctx.tls.get_mut(key as usize).and_then(Option::take) {

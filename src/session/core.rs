@@ -49,7 +49,7 @@ impl Reader {
         let msg = match ev {
             Event::Text(s) => Message::Text(s),
             Event::Binary(b) => Message::Binary(b),
-            Event::Deflated { text, payload } => return (n, deflated(core, text, payload, cfg, pool, now)),
+            Event::Deflated { text, end, payload } => return (n, deflated(core, text, end, payload, cfg, pool, now)),
             Event::Ping(p) => {
                 if core.is_open() {
                     if core.out.len() > cfg.max_backpressure {
@@ -89,17 +89,22 @@ impl Reader {
 }
 
 /// A compressed message, for the driver to inflate: the same rules as for a plain one
-/// (ignored after our close, counted by the rate limit). Apart, off the plain path.
+/// (ignored after our close, counted by the rate limit, at its end). Apart, off the
+/// plain path. A part before the end goes to the driver as it is.
 #[cold]
 #[inline(never)]
 fn deflated<'a>(
     core: &mut Core,
     text: bool,
+    end: bool,
     payload: &'a [u8],
     cfg: &SessionConfig,
     pool: &mut BufPool,
     now: Tick,
 ) -> Received<'a> {
+    if !end {
+        return Received::Deflated { text, end, payload };
+    }
     let Phase::Open(o) = &mut core.phase else {
         return Received::Nothing;
     };
@@ -108,7 +113,7 @@ fn deflated<'a>(
         core.close(c, c.code(), c.reason(), pool, now);
         return Received::Closing(c);
     }
-    Received::Deflated { text, payload }
+    Received::Deflated { text, end: true, payload }
 }
 
 impl Open {
@@ -153,12 +158,23 @@ impl Core {
         matches!(self.phase, Phase::Open(_))
     }
 
-    /// The server window bits of a negotiated permessage-deflate; 0: not negotiated
-    /// (see [`Session::set_deflate`]).
+    /// Whether permessage-deflate was negotiated (see [`Session::set_deflate`]): the
+    /// send path's one test.
     #[inline(always)]
-    pub fn deflate_bits(&self) -> u8 {
+    pub fn compresses(&self) -> bool {
+        self.deflate_byte() != 0
+    }
+
+    /// What permessage-deflate negotiated, if it was.
+    #[inline]
+    pub fn deflate(&self) -> Option<crate::deflate::Agreed> {
+        crate::deflate::Agreed::from_byte(self.deflate_byte())
+    }
+
+    #[inline(always)]
+    fn deflate_byte(&self) -> u8 {
         match self.phase {
-            Phase::Open(Open { deflate_bits, .. }) | Phase::Handshaking { deflate_bits, .. } => deflate_bits,
+            Phase::Open(Open { deflate, .. }) | Phase::Handshaking { deflate, .. } => deflate,
             _ => 0,
         }
     }

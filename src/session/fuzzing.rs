@@ -746,7 +746,9 @@ fn decode(ring: &mut Ring, s: &mut Session<u8>, env: &mut Env) {
                 env.closing.push(cause);
                 env.queued(before, core.buffered(), false);
             }
-            Received::Deflated { .. } => panic!("a compressed message without permessage-deflate negotiated"),
+            Received::Deflated { .. } => {
+                panic!("a compressed message without permessage-deflate negotiated")
+            }
             Received::Nothing if n == 0 => break,
             Received::Nothing => assert_eq!(core.buffered(), before, "bytes queued for nothing"),
         }

@@ -278,10 +278,16 @@ pub enum Received<'a> {
     Message(Message<'a>),
     /// A complete permessage-deflate message, still compressed: the driver inflates it
     /// (and fails the connection through [`Core::fail_protocol`] if that fails).
+    ///
+    /// A message that arrives in parts comes as several, `end` on the last: the driver
+    /// inflates each part at once (so bad UTF-8 closes as early as in a plain message).
     Deflated {
         /// Text (else binary).
         text: bool,
-        /// The compressed payload.
+        /// The message is complete with this part.
+        end: bool,
+        /// The compressed bytes since the last part (all of them for a message that
+        /// came whole).
         payload: &'a [u8],
     },
 }
@@ -306,9 +312,12 @@ struct Open {
     tokens: u32,
     tokens_tick: Tick,
     backlog: Backlog,
-    /// The window bits of a negotiated permessage-deflate, 0 without: all a connection
-    /// keeps for it (the compressor is the worker's). In padding: no byte added.
-    deflate_bits: u8,
+    /// A negotiated permessage-deflate packed in one byte ([`Agreed::to_byte`]), 0
+    /// without: all a connection keeps for it (compressors are the worker's). In
+    /// padding: no byte added.
+    ///
+    /// [`Agreed::to_byte`]: crate::deflate::Agreed::to_byte
+    deflate: u8,
 }
 
 /// How the outgoing queue of an open connection stands since it last drained.
@@ -327,7 +336,7 @@ enum Backlog {
 #[derive(Clone, Copy, Debug)]
 #[repr(u8)]
 enum Phase {
-    Handshaking { since: Tick, deflate_bits: u8 },
+    Handshaking { since: Tick, deflate: u8 },
     Open(Open),
     Closing { since: Tick, code: CloseCode, cause: CloseCause },
     Closed { since: Tick, end: Closed, peer_closed: bool },
@@ -363,17 +372,17 @@ impl<S: Default> Session<S> {
         Session {
             leftover: None,
             reader: Reader { decoder: Decoder::new() },
-            core: Core { phase: Phase::Handshaking { since: now, deflate_bits: 0 }, out: Outbox::default() },
+            core: Core { phase: Phase::Handshaking { since: now, deflate: 0 }, out: Outbox::default() },
             user: S::default(),
         }
     }
 
-    /// permessage-deflate was negotiated with a server window of `bits` (9 to 15):
-    /// known to `on_open` ([`Core::deflate_bits`]), and once accepted, compressed
-    /// messages (RSV1) are let in. Call while handshaking, before [`Session::accept`].
-    pub fn set_deflate(&mut self, bits: u8) {
-        if let Phase::Handshaking { deflate_bits, .. } = &mut self.core.phase {
-            *deflate_bits = bits;
+    /// permessage-deflate was negotiated (`Some`): known to `on_open`
+    /// ([`Core::deflate`]), and once accepted, compressed messages (RSV1) are let in.
+    /// Call while handshaking, before [`Session::accept`].
+    pub fn set_deflate(&mut self, agreed: Option<crate::deflate::Agreed>) {
+        if let Phase::Handshaking { deflate, .. } = &mut self.core.phase {
+            *deflate = agreed.map_or(0, |a| a.to_byte());
         }
     }
 
@@ -501,10 +510,10 @@ impl<S: Default> Session<S> {
         pool: &mut BufPool,
         now: Tick,
     ) {
-        let Phase::Handshaking { deflate_bits, .. } = self.core.phase else {
+        let Phase::Handshaking { deflate, .. } = self.core.phase else {
             return;
         };
-        self.reader.decoder.set_deflate(deflate_bits != 0);
+        self.reader.decoder.set_deflate(deflate != 0);
         self.core.out.push_front(pool, response);
         self.user = user;
         self.core.phase = Phase::Open(Open {
@@ -515,7 +524,7 @@ impl<S: Default> Session<S> {
             tokens: cfg.max_msg_rate.unwrap_or(0),
             tokens_tick: now,
             backlog: Backlog::Clear,
-            deflate_bits,
+            deflate,
         });
     }
 

@@ -1,27 +1,34 @@
-"""permessage-deflate against `wsloop echo --compression shared` (tests/deflate.rs).
+"""permessage-deflate against `wsloop echo --compression shared|dedicated` (tests/deflate.rs).
 
 1. Python websockets (offers permessage-deflate by default): compressed echoes of text
-   and binary, small and large; a client offering nothing still gets plain echoes.
+   and binary, small and large, several times (in dedicated mode later echoes refer
+   back to earlier ones); a client offering nothing still gets plain echoes.
 2. Raw frames (stdlib zlib): RSV1 on a control or continuation frame is 1002, corrupt
    data 1007, a small frame inflating past max_message 1009, non-UTF-8 text after
-   inflation 1007. Usage: deflate_client.py URL MAX_MESSAGE
+   inflation 1007, also from the first fragment of a message that never ends.
+   Usage: deflate_client.py URL MAX_MESSAGE MODE
 """
 import asyncio, base64, json, os, socket, struct, sys, zlib
 from urllib.parse import urlparse
 from websockets.asyncio.client import connect
 
-URL, MAX = sys.argv[1], int(sys.argv[2])
+URL, MAX, MODE = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ANSWER = {
+    "shared": "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    "dedicated": "permessage-deflate; client_no_context_takeover",
+}[MODE]
 
 async def websockets_client():
     async with connect(URL) as ws:
         ext = ws.response.headers.get("Sec-WebSocket-Extensions")
-        assert ext == "permessage-deflate; server_no_context_takeover; client_no_context_takeover", ext
+        assert ext == ANSWER, ext
         for size in (10, 100, 5000, 60000):
             msg = json.dumps([{"id": i, "name": "item", "v": i * 3} for i in range(size // 30 + 1)])[:size]
-            await ws.send(msg)
-            assert await ws.recv() == msg
-            await ws.send(msg.encode())
-            assert await ws.recv() == msg.encode()
+            for _ in range(3):
+                await ws.send(msg)
+                assert await ws.recv() == msg
+                await ws.send(msg.encode())
+                assert await ws.recv() == msg.encode()
     async with connect(URL, compression=None) as ws:
         assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
         await ws.send("plain")
@@ -81,6 +88,9 @@ def raw_cases():
         ("corrupt data", [frame(0xC1, b"\xff\xff\xff\xff")], True, 1007),
         ("inflates past max_message", [frame(0xC2, deflate(b"a" * (MAX * 50)))], True, 1009),
         ("not UTF-8 after inflation", [frame(0xC1, deflate(b"ok \xff"))], True, 1007),
+        # The first fragment inflates to a bad byte; the message never ends, so only a
+        # server that inflates fragments as they come can answer.
+        ("not UTF-8 in a first fragment", [frame(0x41, deflate(b"ok \xff" + b"x" * 1000))], True, 1007),
         ("a good message, then a clean close", [frame(0xC1, z), frame(0x88, struct.pack(">H", 1000))], True, 1000),
     ]
     for name, frames, offer, want in cases:

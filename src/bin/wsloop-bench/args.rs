@@ -33,6 +33,18 @@ impl Mode {
     }
 }
 
+impl Options {
+    /// What the payloads are made of.
+    pub fn kind(&self) -> super::payload::Kind {
+        use super::payload::Kind;
+        match (self.json, self.text) {
+            (true, _) => Kind::Json,
+            (false, true) => Kind::Text,
+            (false, false) => Kind::Binary,
+        }
+    }
+}
+
 /// A `ws://` or `wss://` URL, not yet resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WsUrl {
@@ -104,6 +116,10 @@ pub struct Options {
     pub conns: usize,
     pub size: usize,
     pub text: bool,
+    /// JSON-like text payloads (`--json`, implied by `--deflate`).
+    pub json: bool,
+    /// Offer permessage-deflate, compress what is sent (`--deflate`).
+    pub deflate: bool,
     pub inflight: usize,
     pub duration: Duration,
     pub warmup: Duration,
@@ -193,6 +209,13 @@ struct Timed {
     /// send text messages (binary otherwise)
     #[arg(long)]
     text: bool,
+    /// send JSON-like text (records of a few fields, compressible as push traffic is)
+    #[arg(long)]
+    json: bool,
+    /// offer permessage-deflate, send compressed (implies --json); reports the bytes the
+    /// server put on the wire per message (wire_bytes_per_msg)
+    #[arg(long)]
+    deflate: bool,
     /// how long to measure, after --warmup
     #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(Duration::from_secs(10)))]
     duration: Secs,
@@ -226,6 +249,9 @@ struct IdleArgs {
     /// how long to hold them open
     #[arg(long, value_name = "SECS", value_parser = secs(true, MAX_SECS), default_value_t = Secs(Duration::from_secs(10)))]
     hold: Secs,
+    /// offer permessage-deflate (the server's memory per connection that negotiated it)
+    #[arg(long)]
+    deflate: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -275,10 +301,16 @@ fn options(c: Cli) -> Result<Options, String> {
         ModeArgs::Idle(a) => {
             let mut o = base(Mode::Idle, a.common, a.conns, 0, None, 1);
             o.hold = a.hold.0;
+            o.deflate = a.deflate;
             return Ok(o);
         }
         ModeArgs::Broadcast(a) => {
-            let min = super::payload::stamp_len(a.timed.text);
+            let t = &a.timed;
+            let min = super::payload::stamp_len(if t.text || t.json || t.deflate {
+                super::payload::Kind::Text
+            } else {
+                super::payload::Kind::Binary
+            });
             if a.size < min {
                 return Err(format!("--size {} is too small: broadcast messages carry a {min}-byte stamp", a.size));
             }
@@ -292,9 +324,9 @@ fn options(c: Cli) -> Result<Options, String> {
 }
 
 fn base(mode: Mode, c: Common, conns: usize, size: usize, timed: Option<Timed>, inflight: usize) -> Options {
-    let (text, duration, warmup) = match timed {
-        Some(t) => (t.text, t.duration.0, t.warmup.0),
-        None => (false, Duration::from_secs(10), Duration::from_secs(1)),
+    let (text, json, deflate, duration, warmup) = match timed {
+        Some(t) => (t.text || t.json || t.deflate, t.json || t.deflate, t.deflate, t.duration.0, t.warmup.0),
+        None => (false, false, false, Duration::from_secs(10), Duration::from_secs(1)),
     };
     Options {
         mode,
@@ -302,6 +334,8 @@ fn base(mode: Mode, c: Common, conns: usize, size: usize, timed: Option<Timed>, 
         conns,
         size,
         text,
+        json,
+        deflate,
         inflight,
         duration,
         warmup,

@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::deflate::{self, Compressor, Inflater};
 use mio::net::TcpStream;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use wsloop::proto::frame::header_len;
@@ -49,15 +50,35 @@ pub enum Role {
 }
 
 /// Bytes waiting to be written, in front of the socket.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Outbox {
     buf: Vec<u8>,
     pos: usize,
+    /// permessage-deflate was negotiated: data frames go out compressed.
+    pub compressor: Option<Box<Compressor>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("pending", &self.pending()).field("deflate", &self.compressor.is_some()).finish()
+    }
 }
 
 impl Outbox {
-    /// Queues one masked frame.
+    /// Queues one masked frame (a data frame compressed, RSV1 set, when
+    /// permessage-deflate was negotiated).
     pub fn frame(&mut self, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
+        if let Some(mut c) = self.compressor.take().filter(|_| !opcode.is_control()) {
+            let at = self.buf.len();
+            self.plain_frame(opcode, c.compress(payload), mask);
+            self.buf[at] |= 0x40;
+            self.compressor = Some(c);
+            return;
+        }
+        self.plain_frame(opcode, payload, mask)
+    }
+
+    fn plain_frame(&mut self, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
         let at = self.buf.len();
         self.buf.resize(at + header_len(payload.len() as u64, true) + payload.len(), 0);
         let n = encode_frame(&mut self.buf[at..], true, opcode, payload, Some(mask))
@@ -75,6 +96,14 @@ impl Outbox {
 
     pub fn raw(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Puts `bytes` in front of the final CRLF of the request queued since `at` (the
+    /// blank line ending its head).
+    fn insert_before_end(&mut self, at: usize, bytes: &[u8]) {
+        let end = self.buf.len() - 2;
+        debug_assert!(self.buf.len() >= at + 4 && &self.buf[end - 2..] == b"\r\n\r\n");
+        self.buf.splice(end..end, bytes.iter().copied());
     }
 
     /// Bytes not yet handed on (to the socket or to TLS).
@@ -135,6 +164,8 @@ pub enum ReadOutcome {
     /// socket's receive queue was empty at that moment).
     Data {
         short: bool,
+        /// Bytes read.
+        n: usize,
     },
     WouldBlock,
     Eof,
@@ -142,7 +173,6 @@ pub enum ReadOutcome {
 }
 
 /// A connection: socket, read buffer, decoder, outbox and session.
-#[derive(Debug)]
 pub struct Conn {
     pub stream: TcpStream,
     /// wss://: the client side of TLS.
@@ -153,6 +183,10 @@ pub struct Conn {
     decoder: Decoder,
     pub out: Outbox,
     pub session: Session,
+    /// Offer permessage-deflate (`--deflate`).
+    offer_deflate: bool,
+    /// permessage-deflate was negotiated: the receiving side.
+    inflater: Option<Box<Inflater>>,
 }
 
 /// Starts a non-blocking connect from `source` (if given) to `target`.
@@ -190,6 +224,7 @@ impl Conn {
         role: Role,
         rbuf_len: usize,
         now: Instant,
+        offer_deflate: bool,
     ) -> Conn {
         Conn {
             stream,
@@ -200,6 +235,8 @@ impl Conn {
             decoder: Decoder::new(),
             out: Outbox::default(),
             session: Session { state: State::Connecting, role, started: now, inflight: VecDeque::new(), next_seq: 0 },
+            offer_deflate,
+            inflater: None,
         }
     }
 
@@ -229,6 +266,7 @@ impl Conn {
     /// Queues the upgrade request and moves to `Handshaking`.
     pub fn send_request(&mut self, host: &str, path: &str, nonce: [u8; 16]) {
         let mut req = [0u8; 1024];
+        let at = self.out.pending();
         match handshake::write_client_request(&mut req, host, path, nonce) {
             Ok((n, key)) => {
                 self.out.raw(&req[..n]);
@@ -242,6 +280,15 @@ impl Conn {
                 self.session.state = State::Handshaking { key };
             }
         }
+        if self.offer_deflate {
+            // The offer goes before the blank line that ends the request.
+            self.out.insert_before_end(at, deflate::OFFER.as_bytes());
+        }
+    }
+
+    /// The server accepted the permessage-deflate offer.
+    pub fn deflate_negotiated(&self) -> bool {
+        self.inflater.is_some()
     }
 
     /// Reads once into the free end of the read buffer.
@@ -272,7 +319,7 @@ impl Conn {
                     // may hold more): read on to WouldBlock.
                     let short = self.tls.is_none() && self.rend + n < self.rbuf.len();
                     self.rend += n;
-                    return ReadOutcome::Data { short };
+                    return ReadOutcome::Data { short, n };
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::WouldBlock,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -290,6 +337,13 @@ impl Conn {
         match handshake::parse_response(&self.rbuf[self.rstart..self.rend], &key)? {
             ParseStatus::Partial => Ok(false),
             ParseStatus::Complete((), n) => {
+                if self.offer_deflate {
+                    if let Some((i, c)) = deflate::from_response(&self.rbuf[self.rstart..self.rstart + n]) {
+                        self.inflater = Some(i);
+                        self.out.compressor = Some(c);
+                        self.decoder.set_deflate(true);
+                    }
+                }
                 self.rstart += n;
                 self.session.state = State::Open;
                 Ok(true)
@@ -304,7 +358,7 @@ impl Conn {
     where
         F: FnMut(Event<'_>, &mut Outbox, &mut Session) -> bool,
     {
-        let Conn { rbuf, rstart, rend, decoder, out, session, .. } = self;
+        let Conn { rbuf, rstart, rend, decoder, out, session, inflater, .. } = self;
         loop {
             let (n, ev) = decoder.decode(&mut rbuf[*rstart..*rend], cfg)?;
             *rstart += n;
@@ -313,6 +367,27 @@ impl Conn {
                     return Ok(true);
                 }
                 continue;
+            };
+            // Compressed messages are inflated here (only with --deflate: the decoder
+            // lets RSV1 in only after the server accepted the offer).
+            let ev = match (ev, inflater.as_mut()) {
+                (Event::Deflated { end: false, payload, .. }, Some(i)) => {
+                    let first = !i.in_message;
+                    i.inflate(payload, first, false).map_err(|_| ProtocolError::CorruptCompressed)?;
+                    i.in_message = true;
+                    continue;
+                }
+                (Event::Deflated { text, end: true, payload }, Some(i)) => {
+                    let first = !i.in_message;
+                    i.inflate(payload, first, true).map_err(|_| ProtocolError::CorruptCompressed)?;
+                    i.in_message = false;
+                    if text {
+                        Event::Text(std::str::from_utf8(&i.msg).map_err(|_| ProtocolError::InvalidUtf8)?)
+                    } else {
+                        Event::Binary(&i.msg)
+                    }
+                }
+                (ev, _) => ev,
             };
             if !on_event(ev, out, session) {
                 return Ok(false);

@@ -10,6 +10,7 @@ mod args;
 #[path = "../cli/mod.rs"]
 mod cli;
 mod client;
+mod deflate;
 mod payload;
 mod report;
 mod sys;
@@ -237,7 +238,8 @@ fn run(opts: &Options) -> Result<u64, String> {
             path: opts.url.path.clone(),
             plan,
             size: opts.size,
-            text: opts.text,
+            kind: opts.kind(),
+            deflate: opts.deflate,
             inflight: opts.inflight,
             rate: opts.rate,
             rbuf_len,
@@ -337,16 +339,19 @@ fn run(opts: &Options) -> Result<u64, String> {
     let mut latency = latency_histogram();
     let mut handshake = latency_histogram();
     let (mut window_msgs, mut window_bytes, mut window_sent, mut skipped) = (0u64, 0u64, 0u64, 0u64);
+    let mut window_wire = 0u64;
     for r in &reports {
         errors.merge(&r.errors);
         let _ = latency.add(&r.latency);
         let _ = handshake.add(&r.handshake);
         window_msgs += r.window_msgs;
         window_bytes += r.window_bytes;
+        window_wire += r.window_wire;
         window_sent += r.window_sent;
         skipped += r.skipped_sends;
     }
     let opened: u64 = reports.iter().map(|r| r.opened).sum::<u64>().max(opened);
+    let negotiated: u64 = reports.iter().map(|r| r.negotiated).sum();
     let connect_per_s = ratio(opened as f64, connect_secs);
 
     // Report.
@@ -409,6 +414,17 @@ fn run(opts: &Options) -> Result<u64, String> {
             res.fixed("delivery_ratio", delivery_ratio, 4).int("sent", window_sent).int("delivered", window_msgs);
             res.int("skipped_sends", skipped).latency(&latency).fixed("connect_per_s", connect_per_s, 1);
         }
+    }
+    if opts.deflate {
+        println!("permessage-deflate negotiated on {negotiated} of {opened} connections");
+        res.int("deflate_conns", negotiated);
+    }
+    if matches!(opts.mode, Mode::Echo | Mode::Broadcast) {
+        // Frames and all, server to client: with --deflate, what compression leaves.
+        let wire = ratio(window_wire as f64, window_msgs as f64);
+        let payload = ratio(window_bytes as f64, window_msgs as f64);
+        println!("wire bytes per message from the server: {wire:.1} (payload {payload:.1})");
+        res.fixed("wire_bytes_per_msg", wire, 1).int("deflate", opts.deflate as u64);
     }
     if let Some(cpu) = cpu_window.server {
         let per_msg = ratio(cpu.cpu_us, window_msgs as f64);

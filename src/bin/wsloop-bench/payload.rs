@@ -4,7 +4,28 @@
 //! verified byte for byte without keeping a copy of every message in flight: the
 //! connection remembers the seed, and [`matches`] regenerates the bytes while comparing.
 //! Broadcast messages start with a stamp (send time and sequence number) and carry
-//! filler derived from the sequence number.
+//! filler derived from the sequence number. `--json` (and `--deflate`) payloads are
+//! JSON-like text records made from the same generator: compressible as real push
+//! traffic is.
+
+use std::cell::RefCell;
+
+/// What a payload is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Random bytes.
+    Binary,
+    /// Random bytes in 0x40..=0x7f (about 6 bits of entropy each: barely compressible).
+    Text,
+    /// JSON-like records (`{"id":..,"user":"user-..",..}`), cut to length.
+    Json,
+}
+
+impl Kind {
+    pub fn is_text(self) -> bool {
+        self != Kind::Binary
+    }
+}
 
 /// xorshift64*: a cheap generator for payloads, mask keys and nonces. Not for secrets.
 #[derive(Clone, Debug)]
@@ -61,7 +82,11 @@ fn word(rng: &mut Rng, text: bool) -> u64 {
 }
 
 /// Fills `out` with the payload for `seed`.
-pub fn fill(seed: u64, text: bool, out: &mut [u8]) {
+pub fn fill(seed: u64, kind: Kind, out: &mut [u8]) {
+    if kind == Kind::Json {
+        return fill_json(seed, out);
+    }
+    let text = kind == Kind::Text;
     let mut rng = Rng::new(seed);
     for chunk in out.chunks_mut(8) {
         let w = word(&mut rng, text).to_le_bytes();
@@ -69,11 +94,54 @@ pub fn fill(seed: u64, text: bool, out: &mut [u8]) {
     }
 }
 
+/// JSON-like records from `seed`'s generator until `out` is full (the last one cut).
+fn fill_json(seed: u64, out: &mut [u8]) {
+    const USERS: [&str; 8] = ["ada", "grace", "linus", "ken", "barbara", "dennis", "margaret", "alan"];
+    const KINDS: [&str; 4] = ["quote", "trade", "chat", "presence"];
+    let mut rng = Rng::new(seed);
+    let mut pos = 0;
+    let mut rec = [0u8; 160];
+    while pos < out.len() {
+        let r = rng.next_u64();
+        let mut w = std::io::Cursor::new(&mut rec[..]);
+        let _ = std::io::Write::write_fmt(
+            &mut w,
+            format_args!(
+                r#"{{"type":"{}","id":{},"user":"{}","price":{}.{:02},"qty":{},"ok":{}}},"#,
+                KINDS[(r & 3) as usize],
+                (r >> 8) % 1_000_000,
+                USERS[((r >> 2) & 7) as usize],
+                (r >> 32) % 1000,
+                (r >> 42) % 100,
+                (r >> 50) % 500,
+                r >> 63 == 1
+            ),
+        );
+        let n = w.position() as usize;
+        let take = n.min(out.len() - pos);
+        out[pos..pos + take].copy_from_slice(&rec[..take]);
+        pos += take;
+    }
+}
+
+thread_local! {
+    /// Where [`matches`] regenerates a JSON payload to compare.
+    static EXPECTED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Whether `got` is exactly the payload [`fill`] makes for `seed` and `len`.
-pub fn matches(seed: u64, text: bool, len: usize, got: &[u8]) -> bool {
+pub fn matches(seed: u64, kind: Kind, len: usize, got: &[u8]) -> bool {
     if got.len() != len {
         return false;
     }
+    if kind == Kind::Json {
+        return EXPECTED.with_borrow_mut(|want| {
+            want.resize(len, 0);
+            fill_json(seed, want);
+            want[..] == *got
+        });
+    }
+    let text = kind == Kind::Text;
     let mut rng = Rng::new(seed);
     let mut chunks = got.chunks_exact(8);
     for chunk in &mut chunks {
@@ -88,7 +156,8 @@ pub fn matches(seed: u64, text: bool, len: usize, got: &[u8]) -> bool {
 
 /// Bytes the stamp takes at the front of a broadcast message: two little-endian u64s
 /// for binary, two 16-digit hex numbers for text.
-pub fn stamp_len(text: bool) -> usize {
+pub fn stamp_len(kind: Kind) -> usize {
+    let text = kind.is_text();
     if text {
         32
     } else {
@@ -104,8 +173,9 @@ fn filler_seed(seq: u64) -> u64 {
 
 /// Writes a broadcast message of `out.len()` bytes (at least [`stamp_len`]): send time
 /// in nanoseconds, sequence number, then filler.
-pub fn write_stamped(out: &mut [u8], text: bool, sent_ns: u64, seq: u64) {
-    let n = stamp_len(text);
+pub fn write_stamped(out: &mut [u8], kind: Kind, sent_ns: u64, seq: u64) {
+    let n = stamp_len(kind);
+    let text = kind.is_text();
     if text {
         write_hex(&mut out[..16], sent_ns);
         write_hex(&mut out[16..32], seq);
@@ -113,13 +183,14 @@ pub fn write_stamped(out: &mut [u8], text: bool, sent_ns: u64, seq: u64) {
         out[..8].copy_from_slice(&sent_ns.to_le_bytes());
         out[8..16].copy_from_slice(&seq.to_le_bytes());
     }
-    fill(filler_seed(seq), text, &mut out[n..]);
+    fill(filler_seed(seq), kind, &mut out[n..]);
 }
 
 /// Reads a broadcast message back: `Some((sent_ns, seq))` when it has the expected
 /// length, a readable stamp and the right filler.
-pub fn read_stamped(msg: &[u8], text: bool, len: usize) -> Option<(u64, u64)> {
-    let n = stamp_len(text);
+pub fn read_stamped(msg: &[u8], kind: Kind, len: usize) -> Option<(u64, u64)> {
+    let n = stamp_len(kind);
+    let text = kind.is_text();
     if msg.len() != len || len < n {
         return None;
     }
@@ -128,7 +199,7 @@ pub fn read_stamped(msg: &[u8], text: bool, len: usize) -> Option<(u64, u64)> {
     } else {
         (u64::from_le_bytes(msg[..8].try_into().ok()?), u64::from_le_bytes(msg[8..16].try_into().ok()?))
     };
-    matches(filler_seed(seq), text, len - n, &msg[n..]).then_some((sent_ns, seq))
+    matches(filler_seed(seq), kind, len - n, &msg[n..]).then_some((sent_ns, seq))
 }
 
 fn write_hex(out: &mut [u8], v: u64) {
@@ -155,17 +226,17 @@ mod tests {
 
     #[test]
     fn fill_and_matches_agree_for_every_tail_length() {
-        for text in [false, true] {
-            for len in 0..40 {
+        for kind in [Kind::Binary, Kind::Text, Kind::Json] {
+            for len in 0..300 {
                 let mut buf = vec![0u8; len];
-                fill(42, text, &mut buf);
-                assert!(matches(42, text, len, &buf), "len {len}");
-                if text {
+                fill(42, kind, &mut buf);
+                assert!(matches(42, kind, len, &buf), "len {len}");
+                if kind.is_text() {
                     assert!(std::str::from_utf8(&buf).is_ok());
                 }
                 if len > 0 {
                     buf[len - 1] ^= 1;
-                    assert!(!matches(42, text, len, &buf), "len {len} flipped");
+                    assert!(!matches(42, kind, len, &buf), "len {len} flipped");
                 }
             }
         }
@@ -174,33 +245,37 @@ mod tests {
     #[test]
     fn matches_rejects_other_seed_and_length() {
         let mut buf = vec![0u8; 32];
-        fill(7, false, &mut buf);
-        assert!(!matches(8, false, 32, &buf));
-        assert!(!matches(7, false, 32, &buf[..31]));
-        assert!(!matches(7, false, 33, &buf));
+        fill(7, Kind::Binary, &mut buf);
+        assert!(!matches(8, Kind::Binary, 32, &buf));
+        assert!(!matches(7, Kind::Binary, 32, &buf[..31]));
+        assert!(!matches(7, Kind::Binary, 33, &buf));
+        let mut json = vec![0u8; 200];
+        fill(7, Kind::Json, &mut json);
+        assert!(json.starts_with(b"{\"type\":"), "{}", String::from_utf8_lossy(&json));
+        assert!(!matches(8, Kind::Json, 200, &json));
     }
 
     #[test]
     fn stamped_round_trip() {
-        for text in [false, true] {
-            let len = stamp_len(text) + 21;
+        for kind in [Kind::Binary, Kind::Text, Kind::Json] {
+            let len = stamp_len(kind) + 21;
             let mut buf = vec![0u8; len];
-            write_stamped(&mut buf, text, 123_456_789_012, 77);
-            assert_eq!(read_stamped(&buf, text, len), Some((123_456_789_012, 77)));
-            if text {
+            write_stamped(&mut buf, kind, 123_456_789_012, 77);
+            assert_eq!(read_stamped(&buf, kind, len), Some((123_456_789_012, 77)));
+            if kind.is_text() {
                 assert!(std::str::from_utf8(&buf).is_ok());
             }
-            assert_eq!(read_stamped(&buf[..len - 1], text, len), None);
+            assert_eq!(read_stamped(&buf[..len - 1], kind, len), None);
             buf[len - 1] ^= 1;
-            assert_eq!(read_stamped(&buf, text, len), None);
+            assert_eq!(read_stamped(&buf, kind, len), None);
         }
     }
 
     #[test]
     fn stamp_only_message() {
         let mut buf = [0u8; 16];
-        write_stamped(&mut buf, false, 1, u64::MAX);
-        assert_eq!(read_stamped(&buf, false, 16), Some((1, u64::MAX)));
+        write_stamped(&mut buf, Kind::Binary, 1, u64::MAX);
+        assert_eq!(read_stamped(&buf, Kind::Binary, 16), Some((1, u64::MAX)));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use wsloop::proto::handshake::ClientHandshakeError;
 use wsloop::proto::{CloseCode, DecoderConfig, Event, OpCode};
 
 use crate::client::{start_connect, Conn, ConnectStatus, Outbox, ReadOutcome, Role, Session, State};
-use crate::payload::{self, Rng};
+use crate::payload::{self, Kind, Rng};
 use crate::report::{latency_histogram, ErrorKind, Errors};
 
 /// The token of each worker's waker; connections use their slab keys.
@@ -141,7 +141,9 @@ pub struct WorkerConfig {
     /// The connections to open: role and source address.
     pub plan: Vec<(Role, Option<SocketAddr>)>,
     pub size: usize,
-    pub text: bool,
+    pub kind: Kind,
+    /// Offer permessage-deflate.
+    pub deflate: bool,
     pub inflight: usize,
     /// Broadcast publishing rate, messages per second.
     pub rate: f64,
@@ -165,8 +167,11 @@ pub struct WorkerReport {
     pub handshake: Histogram<u64>,
     pub errors: Errors,
     pub opened: u64,
+    pub negotiated: u64,
     pub window_msgs: u64,
     pub window_bytes: u64,
+    /// Bytes read from the server in the window.
+    pub window_wire: u64,
     pub window_sent: u64,
     /// Publisher: sends skipped because it fell behind its schedule.
     pub skipped_sends: u64,
@@ -175,7 +180,7 @@ pub struct WorkerReport {
 /// State the event handlers update, apart from the connection slab.
 struct Ctx {
     base: Instant,
-    text: bool,
+    kind: Kind,
     size: usize,
     inflight: usize,
     rng: Rng,
@@ -187,9 +192,13 @@ struct Ctx {
     latency: Histogram<u64>,
     handshake: Histogram<u64>,
     opened: u64,
+    /// Connections whose offer of permessage-deflate was accepted.
+    negotiated: u64,
     msgs: u64,
     window_msgs: u64,
     window_bytes: u64,
+    /// Bytes read from the server in the window (frames and all).
+    window_wire: u64,
     window_sent: u64,
     /// Connections in `Closing { acked: false }`.
     unacked: usize,
@@ -205,7 +214,7 @@ impl Ctx {
     }
 
     fn data_opcode(&self) -> OpCode {
-        if self.text {
+        if self.kind.is_text() {
             OpCode::Text
         } else {
             OpCode::Binary
@@ -216,7 +225,7 @@ impl Ctx {
     fn send_echo(&mut self, out: &mut Outbox, s: &mut Session, now: Instant) {
         let seed = self.rng.next_u64();
         let size = self.size;
-        payload::fill(seed, self.text, &mut self.scratch[..size]);
+        payload::fill(seed, self.kind, &mut self.scratch[..size]);
         let mask = self.rng.mask_key();
         out.frame(self.data_opcode(), &self.scratch[..size], mask);
         s.inflight.push_back((now, seed));
@@ -234,7 +243,8 @@ impl Ctx {
                 return true;
             }
             Event::Pong(_) => return true,
-            // The load generator offers no extension: a compressed frame is the server's fault.
+            // Inflated by the connection when --deflate negotiated it; otherwise the
+            // decoder refuses RSV1 before this.
             Event::Deflated { .. } => return false,
             Event::Close(c) => {
                 if let State::Closing { acked: false } = s.state {
@@ -279,9 +289,10 @@ impl Ctx {
                 .add(ErrorKind::UnexpectedMessage, || format!("{}-byte message with nothing in flight", bytes.len()));
             return;
         };
-        if is_text != self.text {
-            self.errors.add(ErrorKind::OpcodeMismatch, || format!("sent text={} got text={is_text}", self.text));
-        } else if !payload::matches(seed, self.text, self.size, bytes) {
+        if is_text != self.kind.is_text() {
+            let text = self.kind.is_text();
+            self.errors.add(ErrorKind::OpcodeMismatch, || format!("sent text={text} got text={is_text}"));
+        } else if !payload::matches(seed, self.kind, self.size, bytes) {
             let size = self.size;
             self.errors.add(ErrorKind::PayloadMismatch, || format!("sent {size} bytes, got {} different", bytes.len()));
         } else if s.state == State::Open {
@@ -298,11 +309,12 @@ impl Ctx {
     }
 
     fn on_delivery(&mut self, now: Instant, bytes: &[u8], is_text: bool, s: &mut Session) {
-        if is_text != self.text {
-            self.errors.add(ErrorKind::OpcodeMismatch, || format!("sent text={} got text={is_text}", self.text));
+        if is_text != self.kind.is_text() {
+            let text = self.kind.is_text();
+            self.errors.add(ErrorKind::OpcodeMismatch, || format!("sent text={text} got text={is_text}"));
             return;
         }
-        let Some((sent_ns, seq)) = payload::read_stamped(bytes, self.text, self.size) else {
+        let Some((sent_ns, seq)) = payload::read_stamped(bytes, self.kind, self.size) else {
             let size = self.size;
             self.errors.add(ErrorKind::PayloadMismatch, || format!("sent {size} bytes, got {} different", bytes.len()));
             return;
@@ -356,7 +368,7 @@ struct Worker {
 pub fn run(cfg: WorkerConfig, shared: Arc<Shared>, poll: Poll) -> io::Result<WorkerReport> {
     let ctx = Ctx {
         base: shared.base,
-        text: cfg.text,
+        kind: cfg.kind,
         size: cfg.size,
         inflight: cfg.inflight,
         rng: Rng::new(cfg.seed),
@@ -367,9 +379,11 @@ pub fn run(cfg: WorkerConfig, shared: Arc<Shared>, poll: Poll) -> io::Result<Wor
         latency: latency_histogram(),
         handshake: latency_histogram(),
         opened: 0,
+        negotiated: 0,
         msgs: 0,
         window_msgs: 0,
         window_bytes: 0,
+        window_wire: 0,
         window_sent: 0,
         unacked: 0,
     };
@@ -405,8 +419,10 @@ pub fn run(cfg: WorkerConfig, shared: Arc<Shared>, poll: Poll) -> io::Result<Wor
         handshake: ctx.handshake,
         errors: ctx.errors,
         opened: ctx.opened,
+        negotiated: ctx.negotiated,
         window_msgs: ctx.window_msgs,
         window_bytes: ctx.window_bytes,
+        window_wire: ctx.window_wire,
         window_sent: ctx.window_sent,
         skipped_sends: w.skipped_sends,
     })
@@ -588,7 +604,7 @@ impl Worker {
                 return;
             }
         };
-        let mut conn = Conn::new(stream, tls, role, self.cfg.rbuf_len, now);
+        let mut conn = Conn::new(stream, tls, role, self.cfg.rbuf_len, now, self.cfg.deflate);
         if let Err(e) =
             self.poll.registry().register(&mut conn.stream, Token(key), Interest::READABLE | Interest::WRITABLE)
         {
@@ -657,7 +673,14 @@ impl Worker {
                 // a second read on WouldBlock (half the generator's reads at inflight 1).
                 // Edge-triggered epoll reports every later arrival as a new event; an
                 // EOF or error that came with the data is drained (`drain`) instead.
-                ReadOutcome::Data { short } => stop = short && !drain,
+                ReadOutcome::Data { short, n } => {
+                    stop = short && !drain;
+                    // What the server put on the wire for the measured messages (the
+                    // publisher's copies are not counted as deliveries, so not here).
+                    if conn.session.role != Role::Publisher && self.ctx.in_window(self.ctx.ns(now)) {
+                        self.ctx.window_wire += n as u64;
+                    }
+                }
                 ReadOutcome::Eof => return self.on_eof(key, None),
                 ReadOutcome::Error(e) => return self.on_eof(key, Some(e)),
             }
@@ -667,6 +690,7 @@ impl Worker {
                     Ok(true) => {
                         self.connecting -= 1;
                         self.ctx.opened += 1;
+                        self.ctx.negotiated += conn.deflate_negotiated() as u64;
                         let us = now.saturating_duration_since(conn.session.started).as_micros() as u64;
                         self.ctx.handshake.saturating_record(us);
                     }
@@ -780,7 +804,7 @@ impl Worker {
         let op = self.ctx.data_opcode();
         let mut sent = 0;
         while self.next_send_ns <= now_ns && sent < MAX_SENDS_PER_TURN && conn.out.pending() < MAX_PUBLISH_BACKLOG {
-            payload::write_stamped(&mut self.ctx.scratch[..size], self.ctx.text, now_ns, self.seq);
+            payload::write_stamped(&mut self.ctx.scratch[..size], self.ctx.kind, now_ns, self.seq);
             let mask = self.ctx.rng.mask_key();
             conn.out.frame(op, &self.ctx.scratch[..size], mask);
             self.seq += 1;

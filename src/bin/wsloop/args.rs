@@ -60,7 +60,7 @@ pub enum CompressionMode {
     Off,
     /// one compressor per worker, no compression state per connection
     Shared,
-    /// a compressor per connection (not implemented yet)
+    /// a compressor per connection keeping its context, freed when the connection is quiet
     Dedicated,
 }
 
@@ -151,6 +151,12 @@ pub struct Cli {
     /// messages shorter than this go out uncompressed
     #[arg(long, value_name = "BYTES", value_parser = count(0, usize::MAX), default_value_t = defaults().compression_min_size)]
     pub compression_min_size: usize,
+    /// dedicated mode: free a connection's compressor after this long without a compressed send
+    #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().compression_idle))]
+    pub compression_idle: Secs,
+    /// dedicated mode: per-connection compressors a worker holds at most; past it, no context
+    #[arg(long, value_name = "N", value_parser = count(0, usize::MAX), default_value_t = defaults().compression_max_contexts)]
+    pub compression_max_contexts: usize,
     /// on SIGTERM/SIGINT, wait this long for clients to finish closing
     #[arg(long, value_name = "SECS", value_parser = secs(false, MAX_SECS), default_value_t = Secs(defaults().drain_timeout))]
     pub drain_timeout: Secs,
@@ -335,6 +341,8 @@ impl Args {
         };
         cfg.compression_window_bits = c.compression_window_bits as u8;
         cfg.compression_min_size = c.compression_min_size;
+        cfg.compression_idle = c.compression_idle.0;
+        cfg.compression_max_contexts = c.compression_max_contexts;
         cfg.max_conns = c.max_conns;
         if let Some(n) = c.max_conns_per_ip {
             cfg.max_conns_per_ip = n;
