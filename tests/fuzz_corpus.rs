@@ -68,6 +68,11 @@ fn admin_chunked_seeds_pass() {
     replay("admin_chunked", wsloop::server::fuzzing::admin_chunked);
 }
 
+#[test]
+fn v1_command_seeds_pass() {
+    replay("v1_command", wsloop::server::fuzzing::v1_command);
+}
+
 #[cfg(feature = "jwt")]
 #[test]
 fn jwt_seeds_pass() {

@@ -28,8 +28,9 @@ pub(crate) struct Outgoing {
     pub slot: u16,
     /// The encoded command.
     pub cmd: Vec<u8>,
-    /// Where in `cmd` the envelope's sequence number goes.
-    pub seq_at: usize,
+    /// Where in `cmd` the envelope's sequence number goes (`None`: the history script,
+    /// which Redis numbers).
+    pub seq_at: Option<usize>,
     /// Where in `cmd` the topic is (the key of its numbering).
     pub topic: Range<usize>,
 }
@@ -62,7 +63,7 @@ pub(crate) fn topic_slot(prefix: &str, topic: &str) -> u16 {
 }
 
 /// The hash tag, braces included, that starts a node channel in a cluster.
-fn tag(flavor: Flavor, slot: u16) -> ([u8; 6], usize) {
+pub(crate) fn tag(flavor: Flavor, slot: u16) -> ([u8; 6], usize) {
     let mut t = [0u8; 6];
     if flavor == Flavor::Single {
         return (t, 0);
@@ -88,7 +89,7 @@ pub(crate) fn publish(flavor: Flavor, prefix: &str, node: u64, topic: &str, msg:
     let topic = topic_end - topic.len()..topic_end;
     resp::arg(&mut cmd, &[&envelope::header(node, 0, msg), payload]);
     let seq_at = cmd.len() - 2 - payload.len() - envelope::HEADER_LEN + envelope::SEQ_AT;
-    Outgoing { slot, cmd, seq_at, topic }
+    Outgoing { slot, cmd, seq_at: Some(seq_at), topic }
 }
 
 /// Subscribing or unsubscribing.
@@ -180,7 +181,7 @@ mod tests {
     #[test]
     fn the_sequence_number_lands_in_the_envelope() {
         let mut o = publish(Flavor::Single, "p:", 9, "room", Message::Binary(b"\x00\xff"));
-        o.cmd[o.seq_at..o.seq_at + 8].copy_from_slice(&42u64.to_be_bytes());
+        o.cmd[o.seq_at.unwrap()..o.seq_at.unwrap() + 8].copy_from_slice(&42u64.to_be_bytes());
         assert_eq!(arg_at(&o.cmd, 0), b"PUBLISH");
         assert_eq!(arg_at(&o.cmd, 1), b"p:\0room");
         let env = arg_at(&o.cmd, 2);

@@ -96,6 +96,12 @@ pub struct RedisConfig {
     pub backoff_min: Duration,
     /// Longest wait between reconnection attempts.
     pub backoff_max: Duration,
+    /// Messages kept per room in a Redis stream (`XADD MAXLEN`), with the server's
+    /// `Config::history` (default 0: no streams, plain `PUBLISH`).
+    pub history: usize,
+    /// A room's stream expires this long after its last message (default 300 s;
+    /// `None`: never).
+    pub history_ttl: Option<Duration>,
 }
 
 impl Default for RedisConfig {
@@ -116,6 +122,8 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(3),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            history: 0,
+            history_ttl: Some(Duration::from_secs(300)),
         }
     }
 }

@@ -456,7 +456,8 @@ impl Driver {
                         None => break Err(format!("a reply to nothing: {v:?}")),
                     };
                     match v {
-                        Value::Int(_) => {
+                        // An integer from PUBLISH, {offset, epoch} from the history script.
+                        Value::Int(_) | Value::Array(_) => {
                             stats.published.fetch_add(1, Ordering::Relaxed);
                         }
                         Value::Error(e) => match Redirect::parse(e) {
@@ -603,6 +604,21 @@ impl Driver {
                 malformed += 1;
                 continue;
             };
+            if node_traffic && super::streams::is_numbered(data) {
+                // From the history script: every node, this one too, delivers it now.
+                match (super::streams::decode_numbered(data), &server) {
+                    (Some((msg, seq)), Some(p)) => match p.publish_numbered(topic, msg, seq) {
+                        Ok(_) => inner.stats.received.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => inner.stats.refused.fetch_add(1, Ordering::Relaxed),
+                    },
+                    (Some(_), None) => 0,
+                    (None, _) => {
+                        malformed += 1;
+                        0
+                    }
+                };
+                continue;
+            }
             let msg = if node_traffic {
                 match envelope::decode(data) {
                     Ok(env) if env.node == inner.node => continue, // our own, delivered locally already
@@ -725,8 +741,10 @@ impl Driver {
                 None => match self.queue.try_recv() {
                     Ok(mut o) => {
                         self.inner.queued_bytes.fetch_sub(o.cmd.len(), Ordering::Relaxed);
-                        let seq = self.numbering.next(&o.cmd[o.topic.clone()], now);
-                        o.cmd[o.seq_at..o.seq_at + 8].copy_from_slice(&seq.to_be_bytes());
+                        if let Some(at) = o.seq_at {
+                            let seq = self.numbering.next(&o.cmd[o.topic.clone()], now);
+                            o.cmd[at..at + 8].copy_from_slice(&seq.to_be_bytes());
+                        }
                         o
                     }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,

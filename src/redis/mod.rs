@@ -50,12 +50,14 @@ mod driver;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
+mod history_reader;
 #[cfg(feature = "jwt")]
 mod jti;
 mod link;
 mod order;
 mod resp;
 mod slot;
+pub mod streams;
 #[cfg(feature = "tls")]
 mod tls;
 mod topology;
@@ -85,6 +87,8 @@ pub struct RedisBridge {
     inner: Arc<Inner>,
     queue: SyncSender<command::Outgoing>,
     flavor: command::Flavor,
+    /// With `RedisConfig::history`: the thread that reads rooms' streams.
+    history: Option<history_reader::HistoryReader>,
 }
 
 /// What the bridge (called on worker threads) and its Redis thread share.
@@ -168,6 +172,10 @@ impl RedisBridge {
             }
             Deployment::Cluster { .. } => command::Flavor::Cluster,
         };
+        if cfg.history > 0 && cfg.tls.is_some() {
+            // The history thread speaks plain TCP (see history_reader.rs).
+            return Err(io::Error::other("room history in Redis streams works over redis:// only, not yet rediss://"));
+        }
         let tls: Option<TlsClient> = match &cfg.tls {
             None => None,
             #[cfg(feature = "tls")]
@@ -200,9 +208,13 @@ impl RedisBridge {
             inner.cfg.mode,
             inner.node
         );
+        let history = match inner.cfg.history {
+            0 => None,
+            _ => Some(history_reader::HistoryReader::start(inner.cfg.clone(), publisher.downgrade())?),
+        };
         let driver = driver::Driver::new(poll, inner.clone(), rx, publisher.downgrade(), tls);
         std::thread::Builder::new().name("wsloop-redis".into()).spawn(move || driver.run())?;
-        Ok(Arc::new(RedisBridge { inner, queue, flavor }))
+        Ok(Arc::new(RedisBridge { inner, queue, flavor, history }))
     }
 
     /// This node's id in the envelopes it publishes.
@@ -247,16 +259,37 @@ impl Bridge for RedisBridge {
         self.inner.wake();
     }
 
+    fn numbers_messages(&self) -> bool {
+        self.history.is_some()
+    }
+
+    fn read_history(&self, topic: &str) -> bool {
+        self.history.as_ref().is_some_and(|reader| reader.read(topic))
+    }
+
+    fn publish_and_number(&self, topic: &str, msg: Message<'_>) -> Option<Result<crate::server::Seq, String>> {
+        let reader = self.history.as_ref()?;
+        Some(reader.publish(&self.inner.cfg, topic, msg))
+    }
+
     fn published(&self, topic: &str, msg: Message<'_>) {
         let cfg = &self.inner.cfg;
-        let len = command::publish_len(&cfg.prefix, topic, msg.as_bytes().len());
+        let len = match cfg.history {
+            0 => command::publish_len(&cfg.prefix, topic, msg.as_bytes().len()),
+            _ => streams::append_len(&cfg.prefix, topic, msg.as_bytes().len()),
+        };
         // Both bounds are checked before anything is allocated.
         let before = self.inner.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if before + len > cfg.queue_bytes {
             self.lose_queue_full(len);
             return;
         }
-        let cmd = command::publish(self.flavor, &cfg.prefix, self.inner.node, topic, msg);
+        let cmd = match cfg.history {
+            0 => command::publish(self.flavor, &cfg.prefix, self.inner.node, topic, msg),
+            // Appended to the room's stream and published in one step: one order for
+            // every node, which all deliver it when it comes back numbered.
+            _ => streams::append(self.flavor, &cfg.prefix, topic, msg, cfg.history, cfg.history_ttl),
+        };
         // The estimate reserved room; the queue accounts the exact size from here on.
         self.inner.queued_bytes.fetch_sub(len.saturating_sub(cmd.cmd.len()), Ordering::Relaxed);
         let len = cmd.cmd.len();
@@ -367,6 +400,14 @@ impl Bridge for RedisBridge {
             "Channels (or patterns) this node is subscribed to, as Redis last reported.",
             &[("", get(&s.channels))],
         );
+        if let Some(reader) = &self.history {
+            family(
+                "wsloop_redis_history_reads_total",
+                "counter",
+                "Rooms' streams read from Redis (XRANGE), to serve clients older than this node's history.",
+                &[("", reader.reads.load(Ordering::Relaxed))],
+            );
+        }
         family(
             "wsloop_redis_queue_bytes",
             "gauge",

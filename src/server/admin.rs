@@ -379,6 +379,11 @@ pub fn render(shared: &Shared) -> String {
         };
         let _ = writeln!(o, "{n}{{source=\"{}\"}} {v}", src.label());
     }
+    if let Some(h) = &shared.history {
+        let (rooms, bytes) = h.lock().unwrap_or_else(|e| e.into_inner()).usage();
+        scalar(o, "wsloop_history_rooms", "gauge", "Rooms with history kept on this node.", rooms as u64);
+        scalar(o, "wsloop_history_bytes", "gauge", "Frame bytes of history kept on this node.", bytes as u64);
+    }
     scalar(
         o,
         "wsloop_draining",

@@ -299,10 +299,36 @@ impl Body {
                 }
             }
         };
+        // With a shared history, through the bridge's script, answered with its place.
+        if shared.history.is_some() {
+            if let Some(r) = shared.bridge.get().and_then(|b| b.publish_and_number(&self.room, msg)) {
+                shared.publish_stats.count(Source::Api, r.is_ok());
+                return match r {
+                    Ok(seq) => {
+                        let body = format!("{{\"offset\":{},\"epoch\":{}}}\n", seq.offset, seq.epoch);
+                        answer(200, "application/json", &body, "", close)
+                    }
+                    Err(e) => {
+                        log::warn!("publish API: the history script failed: {e}");
+                        answer(
+                            503,
+                            "text/plain",
+                            "history store unavailable, try again later\n",
+                            "Retry-After: 1\r\n",
+                            close,
+                        )
+                    }
+                };
+            }
+        }
         match shared.publish_from(Source::Api, &self.room, msg, true) {
             Ok(p) => {
                 let mut body = String::with_capacity(64);
-                let _ = writeln!(body, "{{\"connections\":{},\"workers\":{}}}", p.connections, p.workers);
+                let _ = write!(body, "{{\"connections\":{},\"workers\":{}", p.connections, p.workers);
+                if let Some(seq) = p.seq {
+                    let _ = write!(body, ",\"offset\":{},\"epoch\":{}", seq.offset, seq.epoch);
+                }
+                body.push_str("}\n");
                 answer(200, "application/json", &body, "", close)
             }
             Err(PublishError::QueueFull) => {

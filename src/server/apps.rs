@@ -3,6 +3,8 @@
 
 use super::connection::Connection;
 use super::handler::{Accept, Handler, Message, Reject};
+use super::history::Seq;
+use super::protocol_v1::{self, Command, PROTOCOL_V1};
 use crate::proto::Request;
 use crate::session::CloseCause;
 
@@ -35,8 +37,24 @@ impl Handler for Echo {
 /// patterns, else 403 before the upgrade; with `client_publish` false a client's data
 /// message closes it with 1008 (push-only rooms, fed by `POST /publish/<room>`, Redis
 /// or a [`Publisher`](super::Publisher)).
+///
+/// With `Config::history`, a client that offers the subprotocol
+/// [`PROTOCOL_V1`](super::PROTOCOL_V1) (`wsloop.v1`) gets each message with its room,
+/// offset and epoch, and may resume with `since=<offset>&epoch=<epoch>` in the query
+/// (every joined room) or an `s` command; its messages are then commands (see the
+/// README). `since=` without `wsloop.v1`: 400.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Rooms;
+
+/// How a [`Rooms`] client talks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RoomsState {
+    /// Bare payloads both ways.
+    #[default]
+    Bare,
+    /// `wsloop.v1`: offsets and commands.
+    V1,
+}
 
 /// The subprotocol [`Rooms`] confirms when offered (beside a `bearer.<token>` entry,
 /// which is never echoed: a browser needs some subprotocol confirmed).
@@ -46,33 +64,78 @@ pub const ROOMS_PROTOCOL: &str = "wsloop";
 pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
 
 impl Handler for Rooms {
-    type State = ();
+    type State = RoomsState;
 
-    fn on_open<'r>(&mut self, conn: &mut Connection<'_>, req: &Request<'_, 'r>) -> Result<Accept<'r, ()>, Reject> {
+    fn on_open<'r>(
+        &mut self,
+        conn: &mut Connection<'_>,
+        req: &Request<'_, 'r>,
+    ) -> Result<Accept<'r, RoomsState>, Reject> {
         let rooms = rooms_of(req.target()).map_err(|e| Reject::new(400, e))?;
+        let resume = protocol_v1::resume_of(req.target()).map_err(|e| Reject::new(400, e))?;
+        let history = conn.ctx.cfg.history > 0;
+        // `bearer.<token>` entries are not listed here: they are never confirmed.
+        let mut offered = crate::auth::bearer::client_protocols(req);
+        let v1 = history && crate::auth::bearer::client_protocols(req).any(|p| p == PROTOCOL_V1);
+        if resume.is_some() && !v1 {
+            let why =
+                if history { "since= needs the wsloop.v1 subprotocol" } else { "since=: this server keeps no history" };
+            return Err(Reject::new(400, why));
+        }
         if let Some(claim) = conn.ctx.cfg.rooms_claim.as_deref() {
             check_rooms(conn, claim, &rooms)?;
         }
         for r in &rooms {
-            conn.subscribe(r);
+            if v1 {
+                conn.subscribe_numbered(r, resume);
+            } else {
+                conn.subscribe(r);
+            }
+        }
+        if v1 {
+            return Ok(Accept::new(RoomsState::V1).with_protocol(PROTOCOL_V1));
         }
         // Browsers fail a handshake that offered subprotocols and got none back; one that
         // carries its token as `bearer.<token>` offers `wsloop` beside it to be confirmed.
-        let accept = Accept::new(());
-        match crate::auth::bearer::client_protocols(req).find(|p| *p == ROOMS_PROTOCOL) {
+        let accept = Accept::new(RoomsState::Bare);
+        match offered.find(|p| *p == ROOMS_PROTOCOL) {
             Some(p) => Ok(accept.with_protocol(p)),
             None => Ok(accept),
         }
     }
 
-    fn on_message(&mut self, conn: &mut Connection<'_>, _: &mut (), msg: Message<'_>) {
+    fn on_message(&mut self, conn: &mut Connection<'_>, state: &mut RoomsState, msg: Message<'_>) {
+        let msg = match *state {
+            RoomsState::Bare => msg,
+            RoomsState::V1 => match protocol_v1::command(msg.as_bytes()) {
+                Ok(Command::Publish(_)) => match msg {
+                    // "p\n" is ASCII: the rest of a text message is still UTF-8.
+                    Message::Text(s) => Message::Text(&s[2..]),
+                    Message::Binary(b) => Message::Binary(&b[2..]),
+                },
+                Ok(Command::Recover { room, since, epoch }) => {
+                    if conn.topics().iter().any(|t| **t == *room) {
+                        conn.subscribe_numbered(&room, Some(Seq { offset: since, epoch }));
+                    } else {
+                        log::debug!("wsloop.v1: recovery of room {room:?}, which this client has not joined");
+                        conn.close_for(CloseCause::BadCommand);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("{e}");
+                    conn.close_for(CloseCause::BadCommand);
+                    return;
+                }
+            },
+        };
         if !conn.ctx.cfg.client_publish {
             conn.close_for(CloseCause::PublishDenied);
             return;
         }
         // Taken out for the loop (publishing does not touch membership): no copy.
         let topics = conn.meta.topics.take();
-        for room in topics.iter().flat_map(|t| t.iter()) {
+        for room in topics.iter().flat_map(|t| t.names.iter()) {
             conn.ctx.publish(room, msg);
         }
         conn.meta.topics = topics;

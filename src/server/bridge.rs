@@ -29,6 +29,38 @@ pub trait Bridge: Send + Sync + 'static {
     /// subscribers). Must not block: drop and count rather than wait.
     fn published(&self, topic: &str, msg: Message<'_>);
 
+    /// Whether the bridge numbers messages itself, keeping each room's history where
+    /// every node reads it (Redis streams). Then, with `Config::history`, a publish on
+    /// this node goes to the bridge only, and reaches this node's subscribers when the
+    /// bridge hands it back, numbered, with [`Publisher::publish_numbered`]: every node
+    /// sees one order.
+    ///
+    /// [`Publisher::publish_numbered`]: super::Publisher::publish_numbered
+    fn numbers_messages(&self) -> bool {
+        false
+    }
+
+    /// Reads `topic`'s shared history, off the calling thread, and hands it over with
+    /// [`Publisher::history_read`]; called at most once per room at a time, when a
+    /// client's position is older than what this node holds, with the history locked:
+    /// it must not block nor call back into the server. False: the read cannot be
+    /// queued (the waiting clients are told `unavailable`).
+    ///
+    /// [`Publisher::history_read`]: super::Publisher::history_read
+    fn read_history(&self, topic: &str) -> bool {
+        let _ = topic;
+        false
+    }
+
+    /// With [`Bridge::numbers_messages`]: publishes `msg` through the bridge and waits
+    /// (bounded) for its place in the room's history, for callers that answer with it
+    /// (`POST /publish/<room>`, on the admin thread, never a worker). `None`: not
+    /// supported, publish as usual.
+    fn publish_and_number(&self, topic: &str, msg: Message<'_>) -> Option<Result<super::Seq, String>> {
+        let _ = (topic, msg);
+        None
+    }
+
     /// Appends the bridge's metric families, in Prometheus text format, to the admin
     /// listener's `/metrics` page.
     fn write_metrics(&self, out: &mut String) {

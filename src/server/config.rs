@@ -144,6 +144,15 @@ pub struct Config {
     /// 512, at most ~186 MiB per worker with 15-bit windows); past it, connections
     /// without one get their messages compressed without context.
     pub compression_max_contexts: usize,
+    /// Messages kept per room for clients that reconnect (default 0: no history, no
+    /// offsets). With it, clients speaking `wsloop.v1` get each message's room, offset
+    /// and epoch and may resume with `since=`/`epoch=` (see `protocol_v1`).
+    pub history: usize,
+    /// Bytes of frames kept per room (default 1 MiB; the newest message is always kept).
+    pub history_bytes: usize,
+    /// A room with no message for this long loses its history, and its epoch changes
+    /// (default 300 s; `None`: never).
+    pub history_ttl: Option<Duration>,
 }
 
 impl Default for Config {
@@ -189,6 +198,9 @@ impl Default for Config {
             compression_min_size: 64,
             compression_idle: Duration::from_secs(5),
             compression_max_contexts: 512,
+            history: 0,
+            history_bytes: 1 << 20,
+            history_ttl: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -205,6 +217,15 @@ impl Config {
 
     pub(crate) fn handshake_limits(&self) -> HandshakeLimits {
         HandshakeLimits { max_header_bytes: self.max_header_bytes, max_headers: self.max_headers }
+    }
+
+    /// The history's limits, when it is on.
+    pub(crate) fn history_limits(&self) -> Option<super::history::Limits> {
+        (self.history > 0).then_some(super::history::Limits {
+            messages: self.history,
+            bytes: self.history_bytes,
+            ttl: self.history_ttl,
+        })
     }
 
     /// The per-connection limits and timeouts, in ticks.

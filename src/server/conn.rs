@@ -1,6 +1,7 @@
 //! The worker's record of one connection: its socket, its sans-IO session, and the
 //! worker's own bookkeeping (which lists it is on, its timer, its topics).
 
+use super::recovery::Cursor;
 use super::timer::TimerId;
 use crate::session::Session;
 use std::net::IpAddr;
@@ -23,9 +24,9 @@ pub(crate) struct Meta {
     /// The peer's address, IPv4 as mapped IPv6 (16 bytes, where `IpAddr` takes 17 and
     /// pads to 20).
     ip: [u8; 16],
-    /// Topics this connection subscribed to (for cleanup).
-    #[allow(clippy::box_collection)] // 8 bytes per connection instead of 24
-    pub topics: Option<Box<Vec<Box<str>>>>,
+    /// Topics this connection subscribed to (for cleanup), and where it stands in each
+    /// room's history. Boxed: 8 bytes per connection without topics.
+    pub topics: Option<Box<Topics>>,
     /// On the worker's end-of-turn flush list.
     pub dirty: bool,
     /// On the worker's broadcast flush list.
@@ -34,6 +35,25 @@ pub(crate) struct Meta {
     pub write_interest: bool,
     /// Reading stopped while paused with the socket possibly holding more.
     pub maybe_readable: bool,
+}
+
+/// A connection's topics, in order of subscription.
+#[derive(Debug, Default)]
+pub(crate) struct Topics {
+    pub names: Vec<Box<str>>,
+    /// Beside each name: the connection's position in the room's history
+    /// (`Cursor::Bare` for a client that did not ask for offsets).
+    pub cursors: Vec<Cursor>,
+    /// On the worker's list of connections served from history.
+    pub replay_listed: bool,
+}
+
+impl Topics {
+    /// The cursor of `topic`, if subscribed.
+    pub fn cursor(&mut self, topic: &str) -> Option<&mut Cursor> {
+        let i = self.names.iter().position(|t| &**t == topic)?;
+        self.cursors.get_mut(i)
+    }
 }
 
 impl Meta {

@@ -85,6 +85,9 @@ pub(crate) struct Ctx {
     /// `dedicated` mode's per-connection compressors, by key (only while they send).
     #[cfg(feature = "deflate")]
     pub dedicated: Option<Box<crate::deflate::dedicated::Contexts>>,
+    /// Connections being served from history (see `feed`). Last, with the TLS fields:
+    /// the echo path's fields keep their places.
+    pub replaying: Vec<u32>,
 }
 
 /// Frees connection `key`'s dedicated compressor, if it holds one, and updates the
@@ -151,6 +154,7 @@ impl Ctx {
             deferred: Vec::new(),
             topics: LocalTopics::default(),
             local_pubs: Vec::new(),
+            replaying: Vec::new(),
             claims: None,
             app_tokens: slab::Slab::new(),
             #[cfg(feature = "deflate")]
@@ -249,8 +253,8 @@ impl Ctx {
         sent.status()
     }
 
-    /// Queues a pre-encoded broadcast frame for a subscriber.
-    pub fn deliver(&mut self, core: &mut Core, meta: &mut Meta, key: u32, frame: &[u8]) {
+    /// Queues a pre-encoded broadcast frame for a subscriber; false when it was dropped.
+    pub fn deliver(&mut self, core: &mut Core, meta: &mut Meta, key: u32, frame: &[u8]) -> bool {
         let sent = core.deliver(frame, &self.scfg, &mut self.wpool, self.now_tick);
         if sent.went_over() {
             self.metrics.backpressure_events.inc();
@@ -262,12 +266,14 @@ impl Ctx {
                     // Closed for being slow: the close frame goes out with the turn.
                     self.mark_dirty(meta, key);
                 }
+                false
             }
-            SendStatus::Dropped => {}
+            SendStatus::Dropped => false,
             _ => {
                 self.metrics.messages_out.inc();
                 self.metrics.broadcast_deliveries.inc();
                 self.mark_deferred(meta, key);
+                true
             }
         }
     }
@@ -307,25 +313,29 @@ impl Ctx {
         cache.as_ref().map(|(_, f)| f.as_slice())
     }
 
-    pub fn subscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) {
+    /// Subscribes; false when already subscribed.
+    pub fn subscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) -> bool {
         let list = meta.topics.get_or_insert_with(Default::default);
-        if list.iter().any(|t| &**t == topic) {
-            return;
+        if list.names.iter().any(|t| &**t == topic) {
+            return false;
         }
-        list.push(topic.into());
+        list.names.push(topic.into());
+        list.cursors.push(super::recovery::Cursor::Bare);
         let first = self.topics.subscribe(topic, key);
         self.shared.count_subscriber(topic, self.id, true, first);
+        true
     }
 
     pub fn unsubscribe(&mut self, meta: &mut Meta, key: u32, topic: &str) {
         let Some(list) = meta.topics.as_mut() else {
             return;
         };
-        let Some(i) = list.iter().position(|t| &**t == topic) else {
+        let Some(i) = list.names.iter().position(|t| &**t == topic) else {
             return;
         };
-        list.swap_remove(i);
-        if list.is_empty() {
+        list.names.swap_remove(i);
+        list.cursors.swap_remove(i);
+        if list.names.is_empty() {
             meta.topics = None;
         }
         let last = self.topics.unsubscribe(topic, key);
@@ -335,7 +345,7 @@ impl Ctx {
     /// Leaves every topic of a connection that is going away.
     pub fn leave_all(&mut self, meta: &mut Meta, key: u32) {
         if let Some(topics) = meta.topics.take() {
-            for t in topics.iter() {
+            for t in topics.names.iter() {
                 let last = self.topics.unsubscribe(t, key);
                 self.shared.count_subscriber(t, self.id, false, last);
             }
@@ -346,6 +356,20 @@ impl Ctx {
     /// other workers through their bounded queues (a full one refuses the whole
     /// publish, counted), the bridge after them.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
+        if let Some(history) = &self.shared.history {
+            // Numbered under the history's lock and delivered through every worker's
+            // inbox, this one's too: one order for all.
+            return match self.shared.publish_history(history, topic, msg, true) {
+                Ok(p) => {
+                    self.metrics.publishes.inc();
+                    p.workers
+                }
+                Err(_) => {
+                    self.metrics.publishes_refused.inc();
+                    0
+                }
+            };
+        }
         let mask = self.shared.topic_mask(topic);
         let others = mask & !(1u64 << self.id);
         if !self.shared.reserve_publish(others) {
@@ -487,6 +511,15 @@ impl Connection<'_> {
         self.ctx.subscribe(self.meta, self.key, topic);
     }
 
+    /// Subscribes this connection to `topic` with offsets (needs `Config::history`;
+    /// without it, a plain [`Connection::subscribe`]): each message then reaches it in
+    /// the `wsloop.v1` form, and with `since` it first gets every message after that
+    /// position, then live ones, or an `l` message saying why it cannot. On a topic
+    /// already subscribed, starts that recovery.
+    pub fn subscribe_numbered(&mut self, topic: &str, since: Option<super::history::Seq>) {
+        self.ctx.subscribe_numbered(self.meta, self.key, topic, since);
+    }
+
     /// Unsubscribes this connection from `topic`.
     pub fn unsubscribe(&mut self, topic: &str) {
         self.ctx.unsubscribe(self.meta, self.key, topic);
@@ -495,7 +528,8 @@ impl Connection<'_> {
     /// Publishes to every subscriber of `topic` on every worker (this connection too,
     /// if subscribed); returns the number of workers reached, 0 when another worker's
     /// publish queue (`Config::publish_queue`) was full and the publish was refused
-    /// (counted in `wsloop_publishes_refused_total{source="client"}`).
+    /// (counted in `wsloop_publishes_refused_total{source="client"}`); 0 too when a
+    /// bridge that numbers messages took it (it comes back through the bridge).
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
         self.ctx.publish(topic, msg)
     }
@@ -508,7 +542,7 @@ impl Connection<'_> {
 
     /// Topics this connection subscribed to, in order.
     pub fn topics(&self) -> &[Box<str>] {
-        self.meta.topics.as_deref().map_or(&[], |v| v.as_slice())
+        self.meta.topics.as_deref().map_or(&[], |v| v.names.as_slice())
     }
 
     /// A publisher for use outside callbacks (other threads).

@@ -13,10 +13,14 @@ impl<H: Handler> Worker<H> {
     pub(super) fn drain_inbox(&mut self) {
         for _ in 0..MAX_INBOX_PER_TURN {
             match self.inbox.try_recv() {
-                Ok(Cmd::Publish { topic, frame }) => {
+                Ok(Cmd::Publish { topic, frame, seq }) => {
                     self.ctx.shared.workers[self.ctx.id].release_publish();
-                    self.deliver(&topic, &frame)
+                    match seq {
+                        None => self.deliver(&topic, &frame),
+                        Some(seq) => self.deliver_numbered(&topic, &frame, seq),
+                    }
                 }
+                Ok(Cmd::HistoryRead { topic, ok }) => self.history_read(&topic, ok),
                 Ok(Cmd::Adopt { stream, ip }) => self.adopt(stream, ip),
                 Ok(Cmd::Shutdown) => self.begin_drain(),
                 Ok(Cmd::Stop) => self.stop = true,

@@ -109,7 +109,7 @@ pub struct WorkerMetrics {
     /// during the handshake (refusals are also counted by reason in `rejected`).
     pub never_upgraded: Counter,
     /// Connections closed, by [`CloseCause::ALL`](crate::session::CloseCause::ALL) index.
-    pub close_causes: [Counter; 14],
+    pub close_causes: [Counter; 15],
     /// Times a connection went over `max_backpressure`.
     pub backpressure_events: Counter,
     /// Messages dropped for a connection over `max_backpressure`.

@@ -38,8 +38,10 @@ mod connection;
 mod delivery;
 mod drain;
 mod expiry;
+mod feed;
 mod gate;
 mod handler;
+mod history;
 mod inflate;
 pub mod metrics;
 
@@ -47,8 +49,12 @@ pub mod metrics;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use super::admin_http::fuzz_chunked as admin_chunked;
+    pub use super::protocol_v1::fuzz_command as v1_command;
 }
+mod protocol_v1;
 mod pubsub;
+mod recovery;
+mod sequencing;
 mod shared;
 mod sock;
 pub(crate) mod timer;
@@ -56,12 +62,14 @@ pub(crate) mod timer;
 mod tls_io;
 mod worker;
 
-pub use apps::{room_allowed, room_of, rooms_of, Echo, Rooms, MAX_ROOMS_PER_CONNECTION, ROOMS_PROTOCOL};
+pub use apps::{room_allowed, room_of, rooms_of, Echo, Rooms, RoomsState, MAX_ROOMS_PER_CONNECTION, ROOMS_PROTOCOL};
 pub use bridge::Bridge;
 pub use config::{AcceptMode, BackpressurePolicy, Compression, Config, ConfigError, PublishKey, MAX_WORKERS};
 pub use connection::{Claims, Connection};
 pub use gate::Refusal;
 pub use handler::{Accept, ConnId, Handler, Message, Reject, SendStatus};
+pub use history::{Lost, Seq};
+pub use protocol_v1::PROTOCOL_V1;
 pub use pubsub::{PublishError, Published, Publisher, WeakPublisher};
 
 /// The page `wsloop rooms --demo` answers a plain `GET /` with (see
@@ -126,6 +134,7 @@ impl Server {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
+        let cfg_history = cfg.history_limits();
         let reuse_port = cfg.accept_mode == AcceptMode::ReusePort;
         let first = listener(addr, reuse_port)?;
         let local_addr = first.local_addr()?;
@@ -158,6 +167,7 @@ impl Server {
             extra_metrics: Mutex::new(Vec::new()),
             bridge: OnceLock::new(),
             publish_stats: Default::default(),
+            history: cfg_history.map(|l| Mutex::new(history::Store::new(l, true))),
         });
         let admin = match shared.cfg.admin_listen {
             Some(a) => {
@@ -175,7 +185,11 @@ impl Server {
     /// `/metrics`. One bridge per server; a second call is ignored with a warning.
     pub fn with_bridge(self, bridge: Arc<dyn Bridge>) -> Server {
         let metrics = bridge.clone();
+        let numbers = bridge.numbers_messages();
         if self.shared.bridge.set(bridge).is_ok() {
+            if let Some(h) = &self.shared.history {
+                h.lock().unwrap_or_else(|e| e.into_inner()).set_local(!numbers);
+            }
             let mut extra = self.shared.extra_metrics.lock().unwrap_or_else(|e| e.into_inner());
             extra.push(Box::new(move |out: &mut String| metrics.write_metrics(out)));
         } else {

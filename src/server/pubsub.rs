@@ -119,6 +119,9 @@ pub struct Published {
     pub workers: usize,
     /// Local connections subscribed to the topic when it was published.
     pub connections: usize,
+    /// The message's place in the room's history (with `Config::history`; `None`
+    /// when a bridge numbers it: it is handed to the bridge, not yet delivered).
+    pub seq: Option<super::history::Seq>,
 }
 
 /// A publish that was not handed to the workers.
@@ -186,6 +189,11 @@ impl Shared {
         msg: Message<'_>,
         forward: bool,
     ) -> Result<Published, PublishError> {
+        if let Some(history) = &self.history {
+            let r = self.publish_history(history, topic, msg, forward);
+            self.publish_stats.count(source, r.is_ok());
+            return r;
+        }
         let entry = self.topic(topic);
         if !self.reserve_publish(entry.mask) {
             self.publish_stats.count(source, false);
@@ -199,7 +207,7 @@ impl Shared {
             let frame = frame_message(msg);
             self.send_to_workers(entry.mask, topic, &frame);
         }
-        Ok(Published { workers: entry.mask.count_ones() as usize, connections: entry.subscribers })
+        Ok(Published { workers: entry.mask.count_ones() as usize, connections: entry.subscribers, seq: None })
     }
 
     /// Reserves a publish slot on every worker in `mask`: all or none.
@@ -225,7 +233,7 @@ impl Shared {
         let topic: Arc<str> = Arc::from(topic);
         for (i, w) in self.workers.iter().enumerate() {
             if mask & (1 << i) != 0 {
-                w.send(Cmd::Publish { topic: topic.clone(), frame: frame.clone() });
+                w.send(Cmd::Publish { topic: topic.clone(), frame: frame.clone(), seq: None });
             }
         }
     }

@@ -2,6 +2,7 @@
 //! shutdown flag. Touched on accept, subscribe and publish, never per message.
 
 use super::config::Config;
+use super::history::{Seq, Store};
 use super::metrics::WorkerMetrics;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,8 +12,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// A message to a worker.
 pub(crate) enum Cmd {
-    /// Deliver a framed message to the worker's subscribers of `topic`.
-    Publish { topic: Arc<str>, frame: Arc<[u8]> },
+    /// Deliver a framed message to the worker's subscribers of `topic`; `seq`: its
+    /// place in the room's history, when history is on.
+    Publish { topic: Arc<str>, frame: Arc<[u8]>, seq: Option<Seq> },
+    /// A read of `topic`'s shared history is in (`ok`) or failed: its waiting
+    /// connections go on.
+    HistoryRead { topic: Arc<str>, ok: bool },
     /// Take over a connection the accepting worker handed out (`AcceptMode::Handoff`).
     Adopt { stream: mio::net::TcpStream, ip: IpAddr },
     /// Stop accepting, close every client with 1001, exit when drained.
@@ -74,6 +79,9 @@ pub(crate) struct Shared {
     pub bridge: OnceLock<Arc<dyn super::Bridge>>,
     /// Publishes made off the workers (API, Redis, library), by source.
     pub publish_stats: PublishStats,
+    /// Every room's history (`Config::history` > 0). Publishes to rooms are numbered
+    /// and handed to the workers under this lock, so all workers see one order.
+    pub history: Option<Mutex<Store>>,
 }
 
 /// One topic's local interest.
@@ -163,9 +171,19 @@ impl Shared {
             }
         }
         // Told under the lock, so a bridge sees one topic's transitions in order.
-        if was_active != m.contains_key(topic) {
+        let changed = was_active != m.contains_key(topic);
+        if changed {
             if let Some(b) = self.bridge.get() {
                 b.topic_changed(topic, !was_active);
+            }
+        }
+        drop(m);
+        // A cache of a shared history is kept current by the room's live messages,
+        // which stop with its last subscriber here: forget it (after the topic lock,
+        // which publishing takes inside the history's).
+        if changed && was_active {
+            if let Some(h) = &self.history {
+                h.lock().unwrap_or_else(|e| e.into_inner()).forget(topic);
             }
         }
     }

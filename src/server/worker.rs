@@ -141,8 +141,8 @@ impl<H: Handler> Worker<H> {
     /// of the broadcast coalescing window, accept resumption and the drain deadline.
     fn poll_timeout(&mut self, now: u64) -> Option<Duration> {
         // Work left for the next turn (output queued by a connection whose reading
-        // resumed during this turn's flushes, more to accept, local publishes): look at
-        // the sockets and come straight back.
+        // resumed during this turn's flushes, more to accept, local publishes, the next
+        // batch of a replay): look at the sockets and come straight back.
         if self.accept_more || !self.ctx.local_pubs.is_empty() || !self.ctx.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -182,6 +182,11 @@ impl<H: Handler> Worker<H> {
         }
         if self.ctx.batching.due().is_some_and(|due| now >= due) {
             self.flush_deferred();
+        }
+        // After the flushes, so that each connection's queue is as low as it gets this
+        // turn; what it queues goes out next turn (it marks the connection: no sleep).
+        if !self.ctx.replaying.is_empty() {
+            self.pump_replays();
         }
         if let Some(deadline) = self.drain_deadline {
             if self.conns.is_empty() {

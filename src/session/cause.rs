@@ -37,11 +37,14 @@ pub enum CloseCause {
     Reset,
     /// The server stopped without a close handshake (`Handle::stop`).
     Stopped,
+    /// A `wsloop.v1` client sent something that is not one of its commands, or asked to
+    /// recover a room it has not joined (1008).
+    BadCommand,
 }
 
 impl CloseCause {
     /// Every cause, in metric exposition order ([`CloseCause::index`]).
-    pub const ALL: [CloseCause; 14] = [
+    pub const ALL: [CloseCause; 15] = [
         CloseCause::PeerClosed,
         CloseCause::Application,
         CloseCause::Protocol(ProtocolError::ReservedBits),
@@ -56,6 +59,7 @@ impl CloseCause {
         CloseCause::PeerGone,
         CloseCause::Reset,
         CloseCause::Stopped,
+        CloseCause::BadCommand,
     ];
 
     /// The close code the server sends for this cause (or reports, for drops: 1006).
@@ -103,6 +107,7 @@ impl CloseCause {
             PeerGone => (CloseCode::ABNORMAL, "peer went away without a close frame", "peer_gone", false, 11),
             Reset => (CloseCode::ABNORMAL, "connection reset", "reset", false, 12),
             Stopped => (CloseCode::ABNORMAL, "server stopped", "stopped", false, 13),
+            BadCommand => (CloseCode::POLICY_VIOLATION, "not a wsloop.v1 command", "bad_command", true, 14),
         }
     }
 }

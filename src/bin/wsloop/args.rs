@@ -226,6 +226,15 @@ pub struct Cli {
     /// rooms only: answer a plain GET / with a small page that joins a room; without it, 426 (default: off)
     #[arg(long)]
     pub demo: bool,
+    /// rooms only: messages kept per room for clients that reconnect (wsloop.v1 offsets, since=); 0: off
+    #[arg(long, value_name = "N", value_parser = count(0, 1 << 30), default_value_t = defaults().history)]
+    pub history: usize,
+    /// rooms only: bytes of messages kept per room, with --history (the newest is always kept)
+    #[arg(long, value_name = "BYTES", value_parser = count(1, usize::MAX), default_value_t = defaults().history_bytes)]
+    pub history_bytes: usize,
+    /// rooms only: a room with no message for this long loses its history (new epoch), with --history; 0: never
+    #[arg(long, value_name = "SECS", value_parser = secs(true, MAX_SECS), default_value_t = Secs(defaults().history_ttl.unwrap_or_default()))]
+    pub history_ttl: Secs,
     /// serve wss:// only with this PEM certificate chain (leaf first); SIGHUP reloads it; the admin listener stays http (default: off)
     #[arg(long, value_name = "PATH")]
     pub tls_cert: Option<String>,
@@ -368,7 +377,14 @@ impl Args {
         cfg.jwt = verifier.map(std::sync::Arc::new);
         push_flags(&c, m, &mut cfg)?;
         // Echo has no rooms to share: --redis serves the jti check only.
-        let bridge = if c.mode == Mode::Rooms { redis } else { None };
+        #[allow(unused_mut)]
+        let mut bridge = if c.mode == Mode::Rooms { redis } else { None };
+        // With --redis, each room's history is a Redis stream every node reads.
+        #[cfg(feature = "redis")]
+        if let Some(r) = bridge.as_mut() {
+            r.history = cfg.history;
+            r.history_ttl = cfg.history_ttl;
+        }
         Ok(Args { mode: c.mode, listen: c.listen, cfg, redis: bridge, key_files, log_format: c.log_format, tls })
     }
 }
@@ -377,9 +393,12 @@ impl Args {
 /// the demo page.
 fn push_flags(c: &Cli, m: &ArgMatches, cfg: &mut Config) -> Result<(), String> {
     if c.mode != Mode::Rooms {
-        for (id, flag) in
-            [("jwt_rooms_claim", "--jwt-rooms-claim"), ("client_publish", "--client-publish"), ("demo", "--demo")]
-        {
+        for (id, flag) in [
+            ("jwt_rooms_claim", "--jwt-rooms-claim"),
+            ("client_publish", "--client-publish"),
+            ("demo", "--demo"),
+            ("history", "--history"),
+        ] {
             if given(m, id) {
                 return Err(format!("{flag} works with `rooms` only"));
             }
@@ -402,6 +421,16 @@ fn push_flags(c: &Cli, m: &ArgMatches, cfg: &mut Config) -> Result<(), String> {
         cfg.rooms_claim = Some(claim.clone());
     }
     cfg.client_publish = c.client_publish == ClientPublish::Allow;
+    if c.history == 0 {
+        for (id, flag) in [("history_bytes", "--history-bytes"), ("history_ttl", "--history-ttl")] {
+            if given(m, id) {
+                return Err(format!("{flag} needs --history"));
+            }
+        }
+    }
+    cfg.history = c.history;
+    cfg.history_bytes = c.history_bytes;
+    cfg.history_ttl = (!c.history_ttl.0.is_zero()).then_some(c.history_ttl.0);
     if c.demo {
         cfg.http_page = Some(wsloop::server::DEMO_PAGE);
     }
