@@ -60,6 +60,7 @@ enum Pump {
 
 impl<H: Handler> Worker<H> {
     /// A numbered message for `topic`: each subscriber's cursor decides.
+    #[inline(never)]
     pub(super) fn deliver_numbered(&mut self, topic: &str, frame: &[u8], seq: Seq) {
         let Some(keys) = self.ctx.topics.take(topic) else {
             return;
@@ -135,6 +136,7 @@ impl<H: Handler> Worker<H> {
 
     /// A read of `topic`'s shared history is in: its waiting connections go on (or,
     /// when it failed, are told and go live).
+    #[inline(never)]
     pub(super) fn history_read(&mut self, topic: &str, ok: bool) {
         let failed = match (&self.ctx.shared.history, ok) {
             (Some(h), false) => Some(h.lock().unwrap_or_else(|e| e.into_inner()).unavailable(topic)),
