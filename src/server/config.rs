@@ -79,7 +79,7 @@ pub struct Config {
     /// Timer wheel resolution (default 100 ms).
     pub tick: Duration,
     /// The longest a broadcast waits to share a write with later ones (default 2 ms).
-    /// A worker with idle time (busy less than 90% of the last 10 ms) writes each
+    /// A worker with idle time (busy less than 95% of the last 20 ms) writes each
     /// broadcast at the end of the loop turn it arrives in; a saturated one, after a
     /// write that took `t`, lets broadcasts wait up to `t` (at most this) for the next
     /// batch, so batching grows with the load. Zero writes every turn.
