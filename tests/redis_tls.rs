@@ -11,6 +11,8 @@
 //! CI=true, where it fails.
 #![cfg(all(feature = "redis", feature = "cli", feature = "tls"))]
 
+#[path = "common/certs.rs"]
+mod certs;
 mod redis_util;
 
 use redis_util::*;
@@ -20,39 +22,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
-/// A test CA (`ca.pem`) and a leaf for 127.0.0.1 and localhost (`leaf.pem`, `key.pem`).
+/// A test CA (`ca.pem`) and a leaf for 127.0.0.1 and localhost (`leaf.pem`, `key.pem`) in
+/// `dir`, made by the shared test-certificate helper.
 fn make_certs(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"];
-    openssl(
-        &[&["req", "-x509"][..], &ec, &["-subj", "/CN=wsloop redis test CA", "-keyout", "ca.key", "-out", "ca.pem"]]
-            .concat(),
-    );
-    openssl(
-        &[&["req", "-new"][..], &ec[..5], &["-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "leaf.csr"]]
-            .concat(),
-    );
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "leaf.pem",
-    ]);
+    let made = certs::make_cert(&format!("redis-{}", dir.file_name().unwrap().to_string_lossy()), "ec");
+    for f in ["ca.pem", "leaf.pem", "key.pem"] {
+        std::fs::copy(made.join(f), dir.join(f)).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(made);
 }
 
 /// The TLS-only redis-server arguments: certificates, no plain port, only user `app`.
