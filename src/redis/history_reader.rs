@@ -215,20 +215,7 @@ fn connect(cfg: &RedisConfig, at: &(String, u16)) -> Result<(TcpStream, Vec<u8>)
     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
     let _ = s.set_nodelay(true);
     let mut buf = Vec::new();
-    if let Some(p) = &cfg.password {
-        let mut cmd = Vec::new();
-        match &cfg.username {
-            Some(u) => {
-                resp::command(&mut cmd, 3);
-                resp::arg(&mut cmd, &[b"AUTH"]);
-                resp::arg(&mut cmd, &[u.as_bytes()]);
-            }
-            None => {
-                resp::command(&mut cmd, 2);
-                resp::arg(&mut cmd, &[b"AUTH"]);
-            }
-        }
-        resp::arg(&mut cmd, &[p.as_bytes()]);
+    if let Some(cmd) = super::blocking::auth_command(cfg) {
         s.write_all(&cmd).map_err(|e| format!("write: {e}"))?;
         let limits = Limits::for_payload(0);
         let mut chunk = [0u8; 512];
