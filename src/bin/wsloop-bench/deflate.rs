@@ -89,17 +89,31 @@ impl Compressor {
 }
 
 thread_local! {
-    /// The last few whole-frame messages this generator thread inflated without context
-    /// (compressed bytes, inflated bytes). A broadcast sends the same compressed frame to
-    /// every subscriber; inflating it once per thread rather than once per subscriber keeps
-    /// the generator, not the server, from being what a 1M deliveries/s run measures. The
-    /// compressed bytes are compared in full, so a hit yields exactly what inflating would.
+    /// Whole-frame messages this generator thread inflated without context, as
+    /// (compressed bytes, inflated bytes), direct-mapped by a hash of the compressed
+    /// bytes. A broadcast sends the same compressed frame to every subscriber; inflating
+    /// it once per thread rather than once per subscriber keeps the generator, not the
+    /// server, from being what a 1M deliveries/s run measures. The compressed bytes are
+    /// compared in full, so a hit yields exactly what inflating would.
     static SEEN: std::cell::RefCell<Vec<(Vec<u8>, Vec<u8>)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Messages remembered per thread: enough for interleaved publishers, small enough that a
-/// miss costs a few comparisons of differing first bytes.
-const SEEN_CAP: usize = 8;
+/// Slots in `SEEN`: subscribers lagging each other by thousands of messages still share.
+const SEEN_SLOTS: usize = 4096;
+
+/// A cheap hash of compressed bytes, to pick their slot (not for security): the length
+/// and the first and last 16 bytes. Messages differ near the start (their stamp comes
+/// first); a collision costs one inflation, never a wrong answer.
+fn slot(z: &[u8]) -> usize {
+    let mut h = z.len() as u64;
+    let ends = [&z[..z.len().min(16)], &z[z.len().saturating_sub(16)..]];
+    for c in ends.iter().flat_map(|e| e.chunks(8)) {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
+    (h % SEEN_SLOTS as u64) as usize
+}
 
 impl Inflater {
     /// Inflates the next compressed bytes of the message in `self.msg`; `last` ends it.
@@ -109,7 +123,7 @@ impl Inflater {
         let standalone = first && last && self.reset_inflater;
         if standalone {
             let hit = SEEN.with_borrow(|seen| {
-                seen.iter().rev().find(|(k, _)| k.as_slice() == z).map(|(_, v)| {
+                seen.get(slot(z)).filter(|(k, _)| k.as_slice() == z).map(|(_, v)| {
                     self.msg.clear();
                     self.msg.extend_from_slice(v);
                 })
@@ -121,10 +135,14 @@ impl Inflater {
         self.inflate_fresh(z, first, last)?;
         if standalone {
             SEEN.with_borrow_mut(|seen| {
-                if seen.len() == SEEN_CAP {
-                    seen.remove(0);
+                if seen.is_empty() {
+                    seen.resize(SEEN_SLOTS, (Vec::new(), Vec::new()));
                 }
-                seen.push((z.to_vec(), self.msg.clone()));
+                let (k, v) = &mut seen[slot(z)];
+                k.clear();
+                k.extend_from_slice(z);
+                v.clear();
+                v.extend_from_slice(&self.msg);
             });
         }
         Ok(())
