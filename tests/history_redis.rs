@@ -4,12 +4,16 @@
 //! room coming back at once cost one `XRANGE` per room per node; a backend's `EVALSHA`
 //! of the script gets an offset and reaches every node; Redis restarted without
 //! persistence shows as an epoch change; a recovering client slower than the publisher
-//! ends up complete or is told it is not.
+//! ends up complete or is told it is not; over `rediss://` (a TLS port besides the plain
+//! one, certificates made at test time) history is read through TLS too.
 //!
 //! redis-server comes from Debian (scripts/test.sh installs it). Without it the test is
 //! skipped, except under CI=true, where it fails.
 #![cfg(all(feature = "redis", feature = "jwt"))]
 
+#[cfg(feature = "tls")]
+#[path = "common/certs.rs"]
+mod certs;
 mod ops;
 mod redis_util;
 mod v1client;
@@ -352,12 +356,49 @@ fn a_recovering_client_slower_than_the_publisher_ends_complete_or_is_told() {
     eprintln!("slow client over Redis: told slow {told} times");
 }
 
+/// `rediss://` with an ACL user: the history thread's own connection is TLS too (and
+/// authenticates). The redis-server has a TLS port for the nodes, which know only that
+/// one, and a plain port for this test's own checks. A client that missed 100 messages
+/// recovers them on a node that never had the room (its `XRANGE` over TLS), and the
+/// publish API gets the message's offset (the script run on that connection).
+#[cfg(feature = "tls")]
 #[test]
-fn history_over_rediss_is_refused_with_the_reason() {
+fn history_over_rediss_is_read_through_tls() {
+    let Some(_) = redis_util::tool("openssl") else { return };
+    let certs = redis_util::TempDir(certs::make_cert("history-rediss", "ec"));
+    let tls_port = redis_util::free_port().to_string();
+    let file = |f: &str| certs.0.join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (file("leaf.pem"), file("key.pem"), file("ca.pem"));
+    let tls = ["--tls-port", &tls_port, "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca];
+    let acl = ["--tls-auth-clients", "no", "--user", "app", "on", ">s3cret", "~*", "&*", "+@all"];
+    let Some(redis_server) = LocalRedis::start_with("history-rediss", &[&tls[..], &acl].concat()) else { return };
+    let port = redis_server.port;
+    let mut rc = RedisConfig::from_url(&format!("rediss://app:s3cret@127.0.0.1:{tls_port}/")).unwrap();
+    rc.tls = Some(wsloop::redis::TlsRoots::CaFile(ca.clone().into()));
+    let a = start_node_with(rc.clone(), 1000, 1 << 20);
+    let b = start_node_with(rc, 1000, 1 << 20);
+    let epoch = five_live(&a, &b, port, "news");
+    publish(&a.publisher, "news", 6..=105);
+    assert!(wait(|| int(port, &[b"XLEN", b"{wsloop:news}:h"]) == Some(105)));
+    let before = calls(port, "xrange");
+    let mut back = connect_v1(b.addr, &format!("/news?since=5&epoch={epoch}"), "");
+    expect_recovery(&mut back, "news", 6, 105, epoch);
+    assert_eq!(calls(port, "xrange") - before, 1, "node B read the stream once");
+    let resp = api_publish(b.admin.unwrap(), "news", "msg106");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap();
+    assert_eq!(body.trim(), format!("{{\"offset\":106,\"epoch\":{epoch}}}"));
+    assert_eq!(read_v1(&mut back), V1::Msg { room: "news".into(), offset: 106, epoch, payload: "msg106".into() });
+}
+
+/// Without TLS built in, `rediss://` is refused at start, history or not.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn history_over_rediss_without_tls_is_refused_with_the_reason() {
     let cfg = Config { workers: 1, history: 10, ..Config::default() };
     let server = wsloop::server::Server::bind("127.0.0.1:0", cfg).unwrap();
     let mut rc = RedisConfig::from_url("rediss://127.0.0.1:1/").unwrap();
     rc.history = 10;
     let err = wsloop::redis::RedisBridge::start(rc, &server.handle().publisher()).err().expect("refused");
-    assert!(err.to_string().contains("not yet rediss://"), "{err}");
+    assert!(err.to_string().contains("built without TLS"), "{err}");
 }
