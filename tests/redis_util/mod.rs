@@ -366,7 +366,8 @@ pub fn metric(admin: u16, series: &str) -> f64 {
     metrics(admin).get(series).copied().unwrap_or(f64::NAN)
 }
 
-/// A `wsloop rooms` process.
+/// A `wsloop rooms` process (the binary needs the `cli` feature).
+#[cfg(feature = "cli")]
 pub struct Node {
     pub port: u16,
     pub admin: u16,
@@ -374,6 +375,7 @@ pub struct Node {
 }
 
 /// Starts `wsloop rooms` with `redis_args` (e.g. `--redis-cluster URL,...`).
+#[cfg(feature = "cli")]
 pub fn start_node(name: &str, redis_args: &[&str], dir: &Path) -> Node {
     let (port, admin) = (free_port(), free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsloop"));
