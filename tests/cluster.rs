@@ -8,208 +8,22 @@
 //! the test is skipped, except under CI=true, where it fails.
 #![cfg(all(feature = "redis", feature = "cli"))]
 
+mod redis_util;
+
+use redis_util::{accepts, free_port, metric, metrics, start_node, start_redis, tool, wait_until, Proc, TempDir};
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
 const ROOM: &str = "lobby";
 const CHANNEL: &str = "wsloop:lobby";
 
-/// A child process stopped (by its own pid) when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    /// Stop with SIGTERM first: nginx's master then ends its workers, which a SIGKILL
-    /// to the master would leave running.
-    graceful: bool,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
-        let out = File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.into(), child, graceful: false }
-    }
-
-    fn kill(&mut self) {
-        if self.graceful && matches!(self.child.try_wait(), Ok(None)) {
-            let pid = self.child.id().to_string();
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            wait_until(Duration::from_secs(5), || !matches!(self.child.try_wait(), Ok(None)));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited early: {status}", self.name);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A scratch directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let p = std::env::temp_dir().join(format!("wsloop-cluster-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // The processes' logs explain most failures.
-            for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
-                if e.path().extension().is_some_and(|x| x == "log") {
-                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    eprintln!("---- {} ----\n{text}", e.path().display());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The path of a Debian-installed tool, or `None` (a failure under CI=true).
-fn tool(name: &str) -> Option<PathBuf> {
-    let dirs = std::env::var("PATH").unwrap_or_default();
-    let found = dirs
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not installed (scripts/test.sh installs it): CI must not skip this test"
-        );
-        eprintln!("cluster: {name} not installed, skipping (scripts/test.sh installs it)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn accepts(port: u16) -> bool {
-    TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-/// One command to Redis in RESP; the raw reply (small replies only).
-fn redis_cmd(port: u16, args: &[&str]) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    let mut cmd = format!("*{}\r\n", args.len());
-    for a in args {
-        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(cmd.as_bytes()).ok()?;
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
 /// Nodes subscribed to the room's channel, as Redis sees it.
 fn numsub(port: u16) -> i64 {
-    redis_cmd(port, &["PUBSUB", "NUMSUB", CHANNEL])
-        .and_then(|r| r.lines().last().and_then(|l| l.strip_prefix(':')).and_then(|n| n.parse().ok()))
-        .unwrap_or(-1)
-}
-
-fn start_redis(bin: &Path, port: u16, dir: &Path, n: usize) -> Proc {
-    let mut cmd = Command::new(bin);
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(["--daemonize", "no", "--dir"])
-        .arg(dir);
-    let mut p = Proc::spawn("redis-server", &mut cmd, &dir.join(format!("redis-{n}.log")));
-    let up = wait_until(Duration::from_secs(10), || {
-        p.assert_running();
-        redis_cmd(port, &["PING"]).is_some_and(|r| r.starts_with("+PONG"))
-    });
-    assert!(up, "redis-server did not answer PING on port {port}");
-    p
-}
-
-/// The admin page of a node, as (series -> value).
-fn metrics(admin: u16) -> HashMap<String, f64> {
-    let mut out = HashMap::new();
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)) else {
-        return out;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    for line in body.lines().filter(|l| l.starts_with("wsloop_redis_")) {
-        if let Some((k, v)) = line.rsplit_once(' ') {
-            out.insert(k.to_string(), v.parse().unwrap_or(f64::NAN));
-        }
-    }
-    out
-}
-
-fn metric(admin: u16, series: &str) -> f64 {
-    metrics(admin).get(series).copied().unwrap_or(f64::NAN)
-}
-
-struct Node {
-    port: u16,
-    admin: u16,
-    _proc: Proc,
-}
-
-fn start_node(name: &str, redis_port: u16, dir: &Path) -> Node {
-    let (port, admin) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsloop"));
-    cmd.args(["rooms", "--workers", "2"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--redis", &format!("redis://127.0.0.1:{redis_port}/")])
-        .env("RUST_LOG", "info");
-    let mut p = Proc::spawn(name, &mut cmd, &dir.join(format!("{name}.log")));
-    let up = wait_until(Duration::from_secs(10), || {
-        p.assert_running();
-        accepts(port) && accepts(admin)
-    });
-    assert!(up, "{name} did not start listening");
-    Node { port, admin, _proc: p }
+    redis_util::numsub(port, CHANNEL.as_bytes())
 }
 
 fn start_nginx(bin: &Path, dir: &Path, upstreams: [u16; 2]) -> (Proc, u16) {
@@ -340,12 +154,13 @@ fn rooms_span_nodes_through_redis_and_survive_a_redis_restart() {
     let (Some(redis_bin), Some(nginx_bin)) = (tool("redis-server"), tool("nginx")) else {
         return;
     };
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("cluster");
     let dir = tmp.0.as_path();
     let redis_port = free_port();
-    let mut redis = start_redis(&redis_bin, redis_port, dir, 1);
-    let a = start_node("node-a", redis_port, dir);
-    let b = start_node("node-b", redis_port, dir);
+    let mut redis = start_redis(&redis_bin, redis_port, dir, "redis-1");
+    let url = format!("redis://127.0.0.1:{redis_port}/");
+    let a = start_node("node-a", &["--redis", &url], dir);
+    let b = start_node("node-b", &["--redis", &url], dir);
     let (_nginx, lb) = start_nginx(&nginx_bin, dir, [a.port, b.port]);
 
     // Direct clients guarantee both nodes have members; the rest come through nginx.
@@ -393,7 +208,7 @@ fn rooms_span_nodes_through_redis_and_survive_a_redis_restart() {
     );
 
     // Redis is back on the same port: the bridges reconnect and subscribe again.
-    let _redis = start_redis(&redis_bin, redis_port, dir, 2);
+    let _redis = start_redis(&redis_bin, redis_port, dir, "redis-2");
     for n in [&a, &b] {
         assert!(
             wait_until(Duration::from_secs(20), || metric(n.admin, "wsloop_redis_connected") == 1.0),

@@ -12,7 +12,8 @@ mod common;
 mod raw_peer;
 
 use common::{wait_until, TestServer};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -30,9 +31,21 @@ fn mode_name(mode: Compression) -> &'static str {
     }
 }
 
-/// Runs `cmd` (bounded by `timeout 60`) and asserts it printed "all ok".
-fn run_client(name: &str, cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+/// An echo server with `cfg`, and a client program run against it in `cwd`, bounded by
+/// `timeout 60`: `argv.. <url> extra.. <mode>`. It must succeed and print "all ok".
+fn run_client(cfg: Config, cwd: &str, argv: &[&str], extra: &[&str]) {
+    let mode = mode_name(cfg.compression);
+    let server = TestServer::echo(cfg);
+    let name = argv[argv.len() - 1];
+    let out = Command::new("timeout")
+        .arg("60")
+        .args(argv)
+        .arg(server.url("/"))
+        .args(extra)
+        .arg(mode)
+        .current_dir(dir(cwd))
+        .output()
+        .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{name} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(stdout.contains("all ok"), "{stdout}");
@@ -40,11 +53,8 @@ fn run_client(name: &str, cmd: &mut Command) {
 
 fn python_client(mode: Compression) {
     let max = 100_000;
-    let server = TestServer::echo(Config { compression: mode, max_message: max, ..Config::default() });
-    let mut cmd = Command::new("timeout");
-    cmd.args(["60", "python3"]).arg(dir("tests/py/deflate_client.py"));
-    cmd.arg(server.url("/")).arg(max.to_string()).arg(mode_name(mode));
-    run_client("deflate_client.py", &mut cmd);
+    let cfg = Config { compression: mode, max_message: max, ..Config::default() };
+    run_client(cfg, "tests/py", &["python3", "deflate_client.py"], &[&max.to_string()]);
 }
 
 #[test]
@@ -68,11 +78,7 @@ fn node_client(mode: Compression) {
             .is_ok_and(|s| s.success());
         assert!(ok, "npm install of ws in tests/node failed (scripts/test.sh installs it)");
     }
-    let server = TestServer::echo(Config { compression: mode, ..Config::default() });
-    let mut cmd = Command::new("timeout");
-    cmd.args(["60", "node", "deflate_client.mjs"]).current_dir(&node_dir);
-    cmd.arg(server.url("/")).arg(mode_name(mode));
-    run_client("deflate_client.mjs", &mut cmd);
+    run_client(Config { compression: mode, ..Config::default() }, "tests/node", &["node", "deflate_client.mjs"], &[]);
 }
 
 #[test]
@@ -90,6 +96,11 @@ fn node_ws_exchanges_compressed_messages_in_dedicated_mode() {
 struct ClientInflater(flate2::Decompress);
 
 impl ClientInflater {
+    /// For a server whose window is `window_bits` (9 to 15).
+    fn new(window_bits: u8) -> ClientInflater {
+        ClientInflater(flate2::Decompress::new_with_window_bits(false, window_bits))
+    }
+
     fn message(&mut self, z: &[u8]) -> Vec<u8> {
         let mut input = z.to_vec();
         input.extend_from_slice(&[0, 0, 0xff, 0xff]);
@@ -112,38 +123,22 @@ fn dedicated_context_shrinks_repeats_and_is_freed_when_quiet() {
         let m = &server.handle().metrics()[0];
         (m.deflate_dedicated_contexts.get(), m.deflate_dedicated_bytes.get())
     };
-    let mut s = raw_peer::tcp(server.addr, Duration::from_secs(10));
-    let req = raw_peer::upgrade_request(server.addr)
-        .replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=12\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let head = raw_peer::read_head(&mut s).unwrap();
-    raw_peer::assert_switching(&head);
+    let (mut s, extensions) = upgrade_offering(server.addr, "permessage-deflate; server_max_window_bits=12");
     assert_eq!(
-        raw_peer::header(&head, "sec-websocket-extensions").as_deref(),
+        extensions.as_deref(),
         Some("permessage-deflate; client_no_context_takeover; server_max_window_bits=12")
     );
     assert_eq!(gauges(), (0, 0), "nothing held before the first send");
     let msg = br#"{"type":"quote","symbol":"ACME","bid":101.25,"ask":101.27,"venue":"XNYS","seq":1}"#.repeat(4);
-    let mut client = ClientInflater(flate2::Decompress::new_with_window_bits(false, 12));
-    let mut buf = vec![0u8; 1 << 16];
-    let mut echo = |s: &mut std::net::TcpStream| {
+    let mut client = ClientInflater::new(12);
+    let mut echo = |s: &mut TcpStream| {
         // Sent plain (RSV1 clear): a client need not compress; the echo comes compressed.
         s.write_all(&raw_peer::frame(true, raw_peer::OP_TEXT, &msg)).unwrap();
-        let mut h = [0u8; 2];
-        std::io::Read::read_exact(s, &mut h).unwrap();
-        assert_eq!(h[0], 0x80 | 0x40 | raw_peer::OP_TEXT, "a compressed text frame");
-        let n = match h[1] & 0x7f {
-            126 => {
-                let mut e = [0u8; 2];
-                std::io::Read::read_exact(s, &mut e).unwrap();
-                u16::from_be_bytes(e) as usize
-            }
-            n => n as usize,
-        };
-        std::io::Read::read_exact(s, &mut buf[..n]).unwrap();
-        let out = client.message(&buf[..n]);
+        let (first_byte, z) = read_message(s);
+        assert_eq!(first_byte, 0x80 | 0x40 | raw_peer::OP_TEXT, "a compressed text frame");
+        let out = client.message(&z);
         assert_eq!(out, msg);
-        n
+        z.len()
     };
     let first = echo(&mut s);
     let second = echo(&mut s);
@@ -160,16 +155,24 @@ fn dedicated_context_shrinks_repeats_and_is_freed_when_quiet() {
     assert!(wait_until(Duration::from_secs(5), || gauges() == (0, 0)), "freed when the connection closes");
 }
 
-/// Upgrades offering permessage-deflate; the response head is checked.
-fn deflate_conn(server: &TestServer) -> std::net::TcpStream {
-    let mut s = raw_peer::tcp(server.addr, Duration::from_secs(10));
-    let req = raw_peer::upgrade_request(server.addr)
-        .replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+/// Upgrades offering `offer` in Sec-WebSocket-Extensions; asserts the 101 and returns
+/// the socket and the extensions the server answered with.
+fn upgrade_offering(addr: std::net::SocketAddr, offer: &str) -> (TcpStream, Option<String>) {
+    let mut s = raw_peer::tcp(addr, Duration::from_secs(10));
+    let req =
+        raw_peer::upgrade_request(addr).replace("\r\n\r\n", &format!("\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n"));
     s.write_all(req.as_bytes()).unwrap();
     let head = raw_peer::read_head(&mut s).unwrap();
     raw_peer::assert_switching(&head);
-    assert!(raw_peer::header(&head, "sec-websocket-extensions").is_some());
-    s
+    (s, raw_peer::header(&head, "sec-websocket-extensions"))
+}
+
+/// Upgrades offering plain permessage-deflate, which the server must accept; and a
+/// context-keeping inflater for what it sends.
+fn deflate_client(server: &TestServer) -> (TcpStream, ClientInflater) {
+    let (s, extensions) = upgrade_offering(server.addr, "permessage-deflate");
+    assert!(extensions.is_some());
+    (s, ClientInflater::new(15))
 }
 
 /// A closed connection's dedicated compressor and half-inflated message went with it:
@@ -188,21 +191,17 @@ fn a_closed_connection_leaves_no_deflate_state_to_its_key() {
     z.compress_vec(&msg, &mut compressed, flate2::FlushCompress::Sync).unwrap();
     compressed.truncate(compressed.len() - 4);
     for round in 0..3 {
-        let mut s = deflate_conn(&server);
-        let mut client = ClientInflater(flate2::Decompress::new(false));
+        let (mut s, mut client) = deflate_client(&server);
         // A compressed message from the client, and its echo inflated by a client
         // that never saw an earlier connection's stream.
         let mut f = raw_peer::frame(true, raw_peer::OP_TEXT, &compressed);
         f[0] |= 0x40;
         for _ in 0..2 {
             s.write_all(&f).unwrap();
-            let mut h = [0u8; 2];
-            std::io::Read::read_exact(&mut s, &mut h).unwrap();
-            assert_eq!(h[0] & 0x40, 0x40, "round {round}: compressed echo");
-            let n = (h[1] & 0x7f) as usize;
-            assert!(n < 126);
-            std::io::Read::read_exact(&mut s, &mut buf[..n]).unwrap();
-            assert_eq!(client.message(&buf[..n]), msg, "round {round}");
+            let (first_byte, z) = read_message(&mut s);
+            assert_eq!(first_byte & 0x40, 0x40, "round {round}: compressed echo");
+            assert!(z.len() < 126);
+            assert_eq!(client.message(&z), msg, "round {round}");
         }
         // Then a first fragment left half inflated, and a protocol error (RSV1 on a
         // continuation): 1002, the connection gone, its key free for the next round.
@@ -243,22 +242,22 @@ impl wsloop::server::Handler for EchoAndPublish {
     }
 }
 
-/// Reads one frame; returns (RSV1 set, payload).
-fn read_message(s: &mut std::net::TcpStream) -> (bool, Vec<u8>) {
-    let mut buf = vec![0u8; 1 << 16];
+/// Reads one frame of up to 64 KiB; returns its first byte (FIN, RSV1 to 3, opcode) and
+/// its payload.
+fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
-    std::io::Read::read_exact(s, &mut h).unwrap();
+    s.read_exact(&mut h).unwrap();
     let n = match h[1] & 0x7f {
         126 => {
             let mut e = [0u8; 2];
-            std::io::Read::read_exact(s, &mut e).unwrap();
+            s.read_exact(&mut e).unwrap();
             u16::from_be_bytes(e) as usize
         }
         n => n as usize,
     };
-    std::io::Read::read_exact(s, &mut buf[..n]).unwrap();
-    buf.truncate(n);
-    (h[0] & 0x40 != 0, buf)
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).unwrap();
+    (h[0], buf)
 }
 
 /// In dedicated mode a compressed broadcast (made without the connection's context)
@@ -268,14 +267,13 @@ fn read_message(s: &mut std::net::TcpStream) -> (bool, Vec<u8>) {
 fn dedicated_context_survives_broadcasts_between_its_messages() {
     let cfg = Config { workers: 1, compression: Compression::Dedicated, ..Config::default() };
     let server = TestServer::start(cfg, |_| EchoAndPublish);
-    let mut s = deflate_conn(&server);
-    let mut client = ClientInflater(flate2::Decompress::new(false));
+    let (mut s, mut client) = deflate_client(&server);
     let own = br#"{"own":"message","n":12345,"text":"repeated repeated repeated repeated"}"#.repeat(2);
     let all = [b"all:".as_slice(), br#"{"broadcast":"to everyone","n":678,"pad":"xxxxxxxxxxxxxxxxxxxxxxxx"}"#].concat();
     for (round, msg) in [&own[..], &own, &all, &own, &all, &all, &own, &own].iter().enumerate() {
         s.write_all(&raw_peer::frame(true, raw_peer::OP_TEXT, msg)).unwrap();
-        let (compressed, z) = read_message(&mut s);
-        assert!(compressed, "round {round}");
+        let (first_byte, z) = read_message(&mut s);
+        assert!(first_byte & 0x40 != 0, "round {round}");
         assert_eq!(client.message(&z), *msg, "round {round}");
     }
 }
@@ -289,13 +287,12 @@ fn dedicated_contexts_stop_at_the_cap() {
     let server = TestServer::echo(cfg);
     let contexts = || server.handle().metrics()[0].deflate_dedicated_contexts.get();
     let msg = br#"{"a":"json-like","b":[1,2,3],"c":"more words more words more words"}"#.repeat(2);
-    let mut conns: Vec<_> =
-        (0..2).map(|_| (deflate_conn(&server), ClientInflater(flate2::Decompress::new(false)))).collect();
+    let mut conns: Vec<_> = (0..2).map(|_| deflate_client(&server)).collect();
     for round in 0..3 {
         for (i, (s, client)) in conns.iter_mut().enumerate() {
             s.write_all(&raw_peer::frame(true, raw_peer::OP_TEXT, &msg)).unwrap();
-            let (compressed, z) = read_message(s);
-            assert!(compressed, "conn {i} round {round}");
+            let (first_byte, z) = read_message(s);
+            assert!(first_byte & 0x40 != 0, "conn {i} round {round}");
             assert_eq!(client.message(&z), msg, "conn {i} round {round}");
         }
         assert_eq!(contexts(), 1, "round {round}");

@@ -84,3 +84,42 @@ fn jwt_seeds_pass() {
 fn tls_session_seeds_pass() {
     replay("tls_session", wsloop::tls::fuzzing::tls_session);
 }
+
+/// fuzz/Cargo.toml names every file in fuzz/fuzz_targets/ as a `[[bin]]` of its own name
+/// with only the keys cargo-fuzz writes, and each target has seeds here. Once a merge
+/// dropped the session targets' sections and left the fuzz crate's `tungstenite`
+/// dependency inside `resp`'s, which cargo ignores with only a warning.
+#[test]
+fn every_fuzz_target_has_its_bin_section_and_seeds() {
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let manifest = fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
+    let mut bins: Vec<Vec<(&str, &str)>> = Vec::new();
+    let mut in_bin = false;
+    for line in manifest.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+            if in_bin {
+                bins.push(Vec::new());
+            }
+        } else if in_bin {
+            let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("not a key: {line}"));
+            bins.last_mut().unwrap().push((key.trim(), value.trim()));
+        }
+    }
+    let mut named = Vec::new();
+    for bin in &bins {
+        let keys: Vec<&str> = bin.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["name", "path", "test", "doc", "bench"], "{bin:?}");
+        let name = bin[0].1.trim_matches('"');
+        assert_eq!(bin[1].1, format!("\"fuzz_targets/{name}.rs\""), "{bin:?}");
+        assert!(fuzz.join("corpus").join(name).is_dir(), "no seeds for {name}");
+        named.push(name.to_string());
+    }
+    let mut files: Vec<String> = fs::read_dir(fuzz.join("fuzz_targets"))
+        .unwrap()
+        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    named.sort();
+    assert_eq!(named, files, "fuzz/fuzz_targets/ and the [[bin]] sections of fuzz/Cargo.toml");
+}

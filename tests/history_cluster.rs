@@ -13,59 +13,17 @@ mod redis_util;
 mod v1client;
 
 use redis_util::*;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use v1client::{connect_v1, read_v1, V1};
-use wsloop::redis::{Deployment, Endpoint, RedisBridge, RedisConfig};
-use wsloop::server::{Config, Message, Publisher, Rooms, Running, Server};
+use wsloop::redis::{Deployment, Endpoint, RedisConfig};
+use wsloop::server::{Config, Message};
 
-fn start_cluster_node(bin: &Path, dir: &Path, n: usize) -> (u16, Proc) {
-    let (port, bus) = (free_port(), free_port());
-    let nd = dir.join(format!("r{n}"));
-    std::fs::create_dir_all(&nd).unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
-        .args(["--cluster-config-file", "nodes.conf", "--daemonize", "no", "--dir"])
-        .arg(&nd);
-    let mut proc = Proc::spawn(&format!("redis-{n}"), &mut cmd, &dir.join(format!("redis-{n}.log")));
-    let up = wait_until(Duration::from_secs(10), || {
-        proc.assert_running();
-        redis_str(port, &["PING"]).is_ok_and(|r| r == Reply::Simple("PONG".into()))
-    });
-    assert!(up, "redis-server did not answer PING on {port}");
-    (port, proc)
-}
-
-struct Node {
-    addr: std::net::SocketAddr,
-    bridge: std::sync::Arc<RedisBridge>,
-    publisher: Publisher,
-    running: Option<Running>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.handle().stop();
-            let _ = r.join();
-        }
-    }
-}
-
-fn start_node(seeds: &[u16]) -> Node {
-    let server = Server::bind("127.0.0.1:0", Config { workers: 2, history: 1000, ..Config::default() }).unwrap();
+fn start_node(seeds: &[u16]) -> Bridged {
     let mut rc = RedisConfig::from_url(&format!("redis://127.0.0.1:{}/", seeds[0])).unwrap();
     rc.deployment =
         Deployment::Cluster { seeds: seeds.iter().map(|&port| Endpoint { host: "127.0.0.1".into(), port }).collect() };
     rc.history = 1000;
-    let publisher = server.handle().publisher();
-    let bridge = RedisBridge::start(rc, &publisher).unwrap();
-    let server = server.with_bridge(bridge.clone());
-    let addr = server.local_addr();
-    let running = server.start(|_| Rooms).unwrap();
-    let node = Node { addr, bridge, publisher, running: Some(running) };
+    let node = start_bridged(Config { workers: 2, history: 1000, ..Config::default() }, rc);
     assert!(wait_until(Duration::from_secs(15), || node.bridge.is_connected()), "bridge did not connect");
     node
 }
@@ -78,16 +36,6 @@ fn xlen(primaries: &[u16], key: &str) -> Option<(u16, i64)> {
     })
 }
 
-fn calls(port: u16, command: &str) -> u64 {
-    let info = redis_str(port, &["INFO", "commandstats"]).map(|r| r.text()).unwrap_or_default();
-    let key = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn rooms_on_every_shard_recover_on_another_node_with_one_read_each() {
     let (Some(server_bin), Some(cli_bin)) = (tool("redis-server"), tool("redis-cli")) else {
@@ -95,18 +43,9 @@ fn rooms_on_every_shard_recover_on_another_node_with_one_read_each() {
     };
     let tmp = TempDir::new("history-cluster");
     let dir = tmp.0.as_path();
-    let nodes: Vec<(u16, Proc)> = (0..3).map(|n| start_cluster_node(&server_bin, dir, n)).collect();
+    let nodes: Vec<(u16, Proc)> = (0..3).map(|n| start_cluster_node(&server_bin, dir, n, &[])).collect();
     let ports: Vec<u16> = nodes.iter().map(|n| n.0).collect();
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let out = Command::new(&cli_bin)
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli --cluster create");
-    assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
-    let ok = |p: u16| redis_str(p, &["CLUSTER", "INFO"]).is_ok_and(|r| r.text().contains("cluster_state:ok"));
-    assert!(wait_until(Duration::from_secs(30), || ports.iter().all(|&p| ok(p))), "the cluster did not become ok");
+    create_cluster(&cli_bin, &ports, 0);
 
     let a = start_node(&ports);
     let b = start_node(&ports);

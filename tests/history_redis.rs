@@ -4,121 +4,38 @@
 //! room coming back at once cost one `XRANGE` per room per node; a backend's `EVALSHA`
 //! of the script gets an offset and reaches every node; Redis restarted without
 //! persistence shows as an epoch change; a recovering client slower than the publisher
-//! ends up complete or is told it is not.
+//! ends up complete or is told it is not; over `rediss://` (a TLS port besides the plain
+//! one, certificates made at test time) history is read through TLS too.
 //!
 //! redis-server comes from Debian (scripts/test.sh installs it). Without it the test is
 //! skipped, except under CI=true, where it fails.
 #![cfg(all(feature = "redis", feature = "jwt"))]
 
+#[cfg(feature = "tls")]
+#[path = "common/certs.rs"]
+mod certs;
 mod ops;
+mod redis_util;
 mod v1client;
 
 use ops::{next_data, Ws};
+use redis_util::{calls, numsub, redis, start_bridged, Bridged, LocalRedis, Reply};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use v1client::{connect_v1, read_v1, V1};
-use wsloop::redis::{streams, RedisBridge, RedisConfig};
-use wsloop::server::{Config, Message, Publisher, Rooms, Running, Server};
-
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server() -> Option<PathBuf> {
-    let found = ["/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "redis-server is not installed: CI must not skip this test"
-        );
-        eprintln!("history_redis: redis-server not installed, skipping (scripts/test.sh installs it)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One command with binary-safe arguments; the whole reply as text (what one read gets).
-fn redis(port: u16, args: &[&[u8]]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        cmd.extend_from_slice(a);
-        cmd.extend_from_slice(b"\r\n");
-    }
-    s.write_all(&cmd).unwrap();
-    let mut buf = vec![0u8; 64 << 10];
-    let n = s.read(&mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-fn start_redis(bin: &Path, port: u16) -> Redis {
-    let child = Command::new(bin)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let r = Redis(child);
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() && redis(port, &[b"PING"]).starts_with("+PONG") {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("redis-server did not start on {port}");
-}
-
-/// Calls of `command` in `INFO commandstats`.
-fn calls(port: u16, command: &str) -> u64 {
-    let info = redis(port, &[b"INFO", b"commandstats"]);
-    let key = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Node {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    bridge: Arc<RedisBridge>,
-    publisher: Publisher,
-    running: Option<Running>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.handle().stop();
-            let _ = r.join();
-        }
-    }
-}
+use wsloop::redis::{streams, RedisConfig};
+use wsloop::server::{Config, Message, Publisher};
 
 const KEY: &str = "history-redis-test-key";
 
-fn start_node(redis_port: u16, history: usize, max_backpressure: usize) -> Node {
+fn start_node(redis_port: u16, history: usize, max_backpressure: usize) -> Bridged {
+    let rc = RedisConfig::from_url(&format!("redis://127.0.0.1:{redis_port}/")).unwrap();
+    start_node_with(rc, history, max_backpressure)
+}
+
+/// A node bridged as `rc` says, with `history` messages kept per room.
+fn start_node_with(mut rc: RedisConfig, history: usize, max_backpressure: usize) -> Bridged {
     let cfg = Config {
         workers: 2,
         history,
@@ -127,18 +44,19 @@ fn start_node(redis_port: u16, history: usize, max_backpressure: usize) -> Node 
         publish_key: wsloop::server::PublishKey::new(KEY.as_bytes()),
         ..Config::default()
     };
-    let server = Server::bind("127.0.0.1:0", cfg).unwrap();
-    let mut rc = RedisConfig::from_url(&format!("redis://127.0.0.1:{redis_port}/")).unwrap();
     rc.history = history;
     rc.backoff_max = Duration::from_millis(200);
-    let publisher = server.handle().publisher();
-    let bridge = RedisBridge::start(rc, &publisher).unwrap();
-    let server = server.with_bridge(bridge.clone());
-    let (addr, admin) = (server.local_addr(), server.admin_addr().unwrap());
-    let running = server.start(|_| Rooms).unwrap();
-    let node = Node { addr, admin, bridge, publisher, running: Some(running) };
+    let node = start_bridged(cfg, rc);
     assert!(wait(|| node.bridge.is_connected()), "bridge did not connect");
     node
+}
+
+/// The integer reply of one command, or None (no answer, or another reply).
+fn int(port: u16, args: &[&[u8]]) -> Option<i64> {
+    match redis(port, args) {
+        Ok(Reply::Int(n)) => Some(n),
+        _ => None,
+    }
 }
 
 fn wait(mut cond: impl FnMut() -> bool) -> bool {
@@ -187,42 +105,42 @@ fn recovery(ws: &mut Ws, room: &str, first: u64, last: u64, epoch: u64) -> Vec<S
 }
 
 /// A v1 client on `node` in `room` whose subscription has reached Redis.
-fn live_client(node: &Node, redis_port: u16, room: &str) -> Ws {
+fn live_client(node: &Bridged, redis_port: u16, room: &str) -> Ws {
     let ws = connect_v1(node.addr, &format!("/{room}"), "");
     let channel = format!("wsloop:\0{room}");
     assert!(wait(|| numsub(redis_port, channel.as_bytes()) >= 1), "no subscription to {channel:?}");
     ws
 }
 
-fn numsub(port: u16, channel: &[u8]) -> i64 {
-    let reply = redis(port, &[b"PUBSUB", b"NUMSUB", channel]);
-    reply.lines().last().and_then(|l| l.strip_prefix(':')).and_then(|v| v.parse().ok()).unwrap_or(-1)
-}
-
-#[test]
-fn a_client_that_missed_100_messages_recovers_exactly_those_on_its_node_and_on_another() {
-    let Some(bin) = redis_server() else { return };
-    let port = free_port();
-    let _redis = start_redis(&bin, port);
-    let a = start_node(port, 1000, 1 << 20);
-    let b = start_node(port, 1000, 1 << 20);
-    let mut c = live_client(&a, port, "news");
-    publish(&b.publisher, "news", 1..=5);
+/// A live client of `room` on `on` gets messages 1 to 5 published on `from`, in order,
+/// and leaves; their epoch.
+fn five_live(on: &Bridged, from: &Bridged, redis_port: u16, room: &str) -> u64 {
+    let mut c = live_client(on, redis_port, room);
+    publish(&from.publisher, room, 1..=5);
     let mut epoch = 0;
     for i in 1..=5u64 {
         let V1::Msg { offset, epoch: e, payload, .. } = read_v1(&mut c) else { panic!() };
         assert_eq!((offset, payload), (i, format!("msg{i}")));
         epoch = e;
     }
+    epoch
+}
+
+#[test]
+fn a_client_that_missed_100_messages_recovers_exactly_those_on_its_node_and_on_another() {
+    let Some(redis_server) = LocalRedis::start_new("history-redis") else { return };
+    let port = redis_server.port;
+    let a = start_node(port, 1000, 1 << 20);
+    let b = start_node(port, 1000, 1 << 20);
+    let epoch = five_live(&a, &b, port, "news");
     assert!(epoch > 1_600_000_000_000_000, "the script's epoch is Redis's clock in µs: {epoch}");
-    drop(c);
     // 100 messages while away, from both nodes (in turn: one order through Redis).
     for i in 6..=105 {
         let node = if i % 2 == 0 { &a } else { &b };
         publish(&node.publisher, "news", i..=i);
     }
     // Published means queued for Redis: wait until Redis has appended them all.
-    assert!(wait(|| redis(port, &[b"XLEN", b"{wsloop:news}:h"]).trim() == ":105"));
+    assert!(wait(|| int(port, &[b"XLEN", b"{wsloop:news}:h"]) == Some(105)));
     let target = format!("/news?since=5&epoch={epoch}");
     // On the node it left: node A was still subscribed (another client): from memory;
     // on node B, which never had a client of the room: one XRANGE.
@@ -247,15 +165,13 @@ fn a_client_that_missed_100_messages_recovers_exactly_those_on_its_node_and_on_a
         assert_eq!(read_v1(ws), V1::Msg { room: "news".into(), offset: 106, epoch, payload: "msg106".into() });
     }
     // The stream holds what the nodes published.
-    let len = redis(port, &[b"XLEN", b"{wsloop:news}:h"]);
-    assert_eq!(len.trim(), ":106");
+    assert_eq!(int(port, &[b"XLEN", b"{wsloop:news}:h"]), Some(106));
 }
 
 #[test]
 fn many_clients_coming_back_at_once_cost_one_xrange_per_room_per_node() {
-    let Some(bin) = redis_server() else { return };
-    let port = free_port();
-    let _redis = start_redis(&bin, port);
+    let Some(redis_server) = LocalRedis::start_new("history-redis") else { return };
+    let port = redis_server.port;
     let feeder = start_node(port, 500, 1 << 20);
     let rooms = ["r0", "r1", "r2"];
     for room in rooms {
@@ -263,12 +179,17 @@ fn many_clients_coming_back_at_once_cost_one_xrange_per_room_per_node() {
     }
     for room in rooms {
         let key = format!("{{wsloop:{room}}}:h");
-        assert!(wait(|| redis(port, &[b"XLEN", key.as_bytes()]).trim() == ":150"), "{room} not appended");
+        assert!(wait(|| int(port, &[b"XLEN", key.as_bytes()]) == Some(150)), "{room} not appended");
     }
     let epoch_of = |room: &str| -> u64 {
-        let reply = redis(port, &[b"XRANGE", format!("{{wsloop:{room}}}:h").as_bytes(), b"-", b"+", b"COUNT", b"1"]);
-        let i = reply.find("\r\ne\r\n").expect("an entry") + 5;
-        reply[i..].lines().nth(1).unwrap().parse().unwrap()
+        let key = format!("{{wsloop:{room}}}:h");
+        let reply = redis(port, &[b"XRANGE", key.as_bytes(), b"-", b"+", b"COUNT", b"1"]).unwrap();
+        // [[id, [field, value, ...]]]: the value of field `e`.
+        let Reply::Array(entries) = &reply else { panic!("{reply:?}") };
+        let Some(Reply::Array(entry)) = entries.first() else { panic!("an entry: {reply:?}") };
+        let Some(Reply::Array(fields)) = entry.get(1) else { panic!("{reply:?}") };
+        let e = fields.chunks(2).find(|f| f[0] == Reply::Bulk(Some(b"e".to_vec()))).expect("field e");
+        e[1].text().parse().unwrap()
     };
     // A fresh node: nothing of these rooms in memory.
     let fresh = start_node(port, 500, 1 << 20);
@@ -289,50 +210,38 @@ fn many_clients_coming_back_at_once_cost_one_xrange_per_room_per_node() {
 
 #[test]
 fn a_backend_evalsha_gets_an_offset_and_reaches_every_node() {
-    let Some(bin) = redis_server() else { return };
-    let port = free_port();
-    let _redis = start_redis(&bin, port);
+    let Some(redis_server) = LocalRedis::start_new("history-redis") else { return };
+    let port = redis_server.port;
     let a = start_node(port, 100, 1 << 20);
     let mut c = live_client(&a, port, "feed");
-    let load = redis(port, &[b"SCRIPT", b"LOAD", streams::APPEND_SCRIPT.as_bytes()]);
-    let sha = load.lines().nth(1).expect("a sha").to_string();
+    let load = redis(port, &[b"SCRIPT", b"LOAD", streams::APPEND_SCRIPT.as_bytes()]).unwrap();
+    let Reply::Bulk(Some(sha)) = load else { panic!("a sha: {load:?}") };
     for want in 1..=3u64 {
         let reply = redis(
             port,
-            &[
-                b"EVALSHA",
-                sha.as_bytes(),
-                b"1",
-                b"{wsloop:feed}:h",
-                b"wsloop:\0feed",
-                b"t",
-                b"from the backend",
-                b"100",
-                b"0",
-            ],
+            &[b"EVALSHA", &sha, b"1", b"{wsloop:feed}:h", b"wsloop:\0feed", b"t", b"from the backend", b"100", b"0"],
         );
         // [offset, epoch]
-        let lines: Vec<&str> = reply.lines().collect();
-        assert_eq!((lines[0], lines[1]), ("*2", &*format!(":{want}")), "{reply}");
-        assert!(lines[3].parse::<u64>().is_ok(), "{reply}");
+        let reply = reply.unwrap();
+        let Reply::Array(items) = &reply else { panic!("{reply:?}") };
+        assert_eq!((items.len(), &items[0]), (2, &Reply::Int(want as i64)), "{reply:?}");
+        assert!(matches!(&items[1], Reply::Bulk(Some(_))) && items[1].text().parse::<u64>().is_ok(), "{reply:?}");
         let V1::Msg { offset, payload, .. } = read_v1(&mut c) else { panic!() };
         assert_eq!((offset, payload.as_str()), (want, "from the backend"));
     }
     // A bare client of the room gets the payload as is.
     let mut bare = ops::connect(a.addr, "/feed");
     assert!(wait(|| numsub(port, b"wsloop:\0feed") >= 1));
-    redis(
-        port,
-        &[b"EVALSHA", sha.as_bytes(), b"1", b"{wsloop:feed}:h", b"wsloop:\0feed", b"b", b"\x00\x01", b"100", b"0"],
-    );
+    redis(port, &[b"EVALSHA", &sha, b"1", b"{wsloop:feed}:h", b"wsloop:\0feed", b"b", b"\x00\x01", b"100", b"0"])
+        .unwrap();
     assert_eq!(next_data(&mut bare), tungstenite::Message::Binary(vec![0, 1]));
     let tungstenite::Message::Binary(b) = next_data(&mut c) else { panic!("binary stays binary") };
     assert!(b.starts_with(b"m feed 4 ") && b.ends_with(b"\n\x00\x01"), "{b:?}");
     // A plain PUBLISH on the room channel: delivered, kept nowhere (offset 0).
-    redis(port, &[b"PUBLISH", b"wsloop:feed", b"plain"]);
+    redis(port, &[b"PUBLISH", b"wsloop:feed", b"plain"]).unwrap();
     assert_eq!(next_data(&mut bare), tungstenite::Message::Text("plain".into()));
     assert_eq!(read_v1(&mut c), V1::Msg { room: "feed".into(), offset: 0, epoch: 0, payload: "plain".into() });
-    assert_eq!(redis(port, &[b"XLEN", b"{wsloop:feed}:h"]).trim(), ":4", "not kept");
+    assert_eq!(int(port, &[b"XLEN", b"{wsloop:feed}:h"]), Some(4), "not kept");
 }
 
 fn api_publish(admin: SocketAddr, room: &str, body: &str) -> String {
@@ -349,14 +258,13 @@ fn api_publish(admin: SocketAddr, room: &str, body: &str) -> String {
 
 #[test]
 fn the_publish_api_goes_through_the_script_and_answers_with_the_offset() {
-    let Some(bin) = redis_server() else { return };
-    let port = free_port();
-    let _redis = start_redis(&bin, port);
+    let Some(redis_server) = LocalRedis::start_new("history-redis") else { return };
+    let port = redis_server.port;
     let a = start_node(port, 100, 1 << 20);
     let b = start_node(port, 100, 1 << 20);
     let mut c = live_client(&b, port, "api");
     for want in 1..=3u64 {
-        let resp = api_publish(a.admin, "api", &format!("hello {want}"));
+        let resp = api_publish(a.admin.unwrap(), "api", &format!("hello {want}"));
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         let body = resp.split("\r\n\r\n").nth(1).unwrap();
         let V1::Msg { offset, epoch, payload, .. } = read_v1(&mut c) else { panic!() };
@@ -367,9 +275,8 @@ fn the_publish_api_goes_through_the_script_and_answers_with_the_offset() {
 
 #[test]
 fn redis_restarted_without_persistence_shows_as_a_new_epoch() {
-    let Some(bin) = redis_server() else { return };
-    let port = free_port();
-    let redis_proc = start_redis(&bin, port);
+    let Some(mut redis_server) = LocalRedis::start_new("history-redis") else { return };
+    let port = redis_server.port;
     let a = start_node(port, 100, 1 << 20);
     let mut live = live_client(&a, port, "r");
     publish(&a.publisher, "r", 1..=10);
@@ -378,9 +285,9 @@ fn redis_restarted_without_persistence_shows_as_a_new_epoch() {
         let V1::Msg { epoch, .. } = read_v1(&mut live) else { panic!() };
         old = epoch;
     }
-    drop(redis_proc);
+    redis_server.kill();
     assert!(wait(|| !a.bridge.is_connected()), "the bridge did not notice");
-    let _redis = start_redis(&bin, port);
+    redis_server.start();
     assert!(wait(|| a.bridge.is_connected() && numsub(port, b"wsloop:\0r") >= 1), "no reconnect");
     publish(&a.publisher, "r", 1..=3);
     // The client that stayed: told, then the new epoch's messages.
@@ -399,14 +306,13 @@ fn redis_restarted_without_persistence_shows_as_a_new_epoch() {
 
 #[test]
 fn a_recovering_client_slower_than_the_publisher_ends_complete_or_is_told() {
-    let Some(bin) = redis_server() else { return };
-    let port = free_port();
-    let _redis = start_redis(&bin, port);
+    let Some(redis_server) = LocalRedis::start_new("history-redis") else { return };
+    let port = redis_server.port;
     let a = start_node(port, 200, 16 << 10);
     let b = start_node(port, 200, 16 << 10);
     publish(&b.publisher, "r", 1..=100);
     // Published means queued for Redis: the probe must find them there.
-    assert!(wait(|| redis(port, &[b"XLEN", b"{wsloop:r}:h"]).trim() == ":100"));
+    assert!(wait(|| int(port, &[b"XLEN", b"{wsloop:r}:h"]) == Some(100)));
     let epoch = {
         let mut probe = connect_v1(a.addr, "/r?since=1&epoch=1", "");
         let V1::Lost { epoch, .. } = read_v1(&mut probe) else { panic!() };
@@ -450,11 +356,49 @@ fn a_recovering_client_slower_than_the_publisher_ends_complete_or_is_told() {
     eprintln!("slow client over Redis: told slow {told} times");
 }
 
+/// `rediss://` with an ACL user: the history thread's own connection is TLS too (and
+/// authenticates). The redis-server has a TLS port for the nodes, which know only that
+/// one, and a plain port for this test's own checks. A client that missed 100 messages
+/// recovers them on a node that never had the room (its `XRANGE` over TLS), and the
+/// publish API gets the message's offset (the script run on that connection).
+#[cfg(feature = "tls")]
 #[test]
-fn history_over_rediss_is_refused_with_the_reason() {
-    let server = Server::bind("127.0.0.1:0", Config { workers: 1, history: 10, ..Config::default() }).unwrap();
+fn history_over_rediss_is_read_through_tls() {
+    let Some(_) = redis_util::tool("openssl") else { return };
+    let certs = redis_util::TempDir(certs::make_cert("history-rediss", "ec"));
+    let tls_port = redis_util::free_port().to_string();
+    let file = |f: &str| certs.0.join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (file("leaf.pem"), file("key.pem"), file("ca.pem"));
+    let tls = ["--tls-port", &tls_port, "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca];
+    let acl = ["--tls-auth-clients", "no", "--user", "app", "on", ">s3cret", "~*", "&*", "+@all"];
+    let Some(redis_server) = LocalRedis::start_with("history-rediss", &[&tls[..], &acl].concat()) else { return };
+    let port = redis_server.port;
+    let mut rc = RedisConfig::from_url(&format!("rediss://app:s3cret@127.0.0.1:{tls_port}/")).unwrap();
+    rc.tls = Some(wsloop::redis::TlsRoots::CaFile(ca.clone().into()));
+    let a = start_node_with(rc.clone(), 1000, 1 << 20);
+    let b = start_node_with(rc, 1000, 1 << 20);
+    let epoch = five_live(&a, &b, port, "news");
+    publish(&a.publisher, "news", 6..=105);
+    assert!(wait(|| int(port, &[b"XLEN", b"{wsloop:news}:h"]) == Some(105)));
+    let before = calls(port, "xrange");
+    let mut back = connect_v1(b.addr, &format!("/news?since=5&epoch={epoch}"), "");
+    expect_recovery(&mut back, "news", 6, 105, epoch);
+    assert_eq!(calls(port, "xrange") - before, 1, "node B read the stream once");
+    let resp = api_publish(b.admin.unwrap(), "news", "msg106");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap();
+    assert_eq!(body.trim(), format!("{{\"offset\":106,\"epoch\":{epoch}}}"));
+    assert_eq!(read_v1(&mut back), V1::Msg { room: "news".into(), offset: 106, epoch, payload: "msg106".into() });
+}
+
+/// Without TLS built in, `rediss://` is refused at start, history or not.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn history_over_rediss_without_tls_is_refused_with_the_reason() {
+    let cfg = Config { workers: 1, history: 10, ..Config::default() };
+    let server = wsloop::server::Server::bind("127.0.0.1:0", cfg).unwrap();
     let mut rc = RedisConfig::from_url("rediss://127.0.0.1:1/").unwrap();
     rc.history = 10;
-    let err = RedisBridge::start(rc, &server.handle().publisher()).err().expect("refused");
-    assert!(err.to_string().contains("not yet rediss://"), "{err}");
+    let err = wsloop::redis::RedisBridge::start(rc, &server.handle().publisher()).err().expect("refused");
+    assert!(err.to_string().contains("built without TLS"), "{err}");
 }

@@ -17,54 +17,14 @@ mod redis_util;
 use redis_util::*;
 use std::collections::HashMap;
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
 const NODE_TIMEOUT_MS: u64 = 2000;
 
-struct RedisNode {
-    port: u16,
-    proc: Proc,
-}
-
-fn start_cluster_node(bin: &Path, dir: &Path, n: usize) -> RedisNode {
-    let (port, bus) = (free_port(), free_port());
-    let nd = dir.join(format!("r{n}"));
-    std::fs::create_dir_all(&nd).unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
-        .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-        .args(["--cluster-config-file", "nodes.conf", "--daemonize", "no", "--dir"])
-        .arg(&nd);
-    let mut proc = Proc::spawn(&format!("redis-{n}"), &mut cmd, &dir.join(format!("redis-{n}.log")));
-    let up = wait_until(Duration::from_secs(10), || {
-        proc.assert_running();
-        redis_str(port, &["PING"]).is_ok_and(|r| r == Reply::Simple("PONG".into()))
-    });
-    assert!(up, "redis-server did not answer PING on {port}");
-    RedisNode { port, proc }
-}
-
-fn cluster_ok(port: u16) -> bool {
-    redis_str(port, &["CLUSTER", "INFO"]).is_ok_and(|r| r.text().contains("cluster_state:ok"))
-}
-
 /// The port of the primary that takes `SPUBLISH` on `channel` (the others answer MOVED).
 fn owner(primaries: &[u16], channel: &str) -> Option<u16> {
     primaries.iter().copied().find(|&p| matches!(redis_str(p, &["SPUBLISH", channel, "probe"]), Ok(Reply::Int(_))))
-}
-
-fn shard_numsub(port: u16, channel: &str) -> i64 {
-    match redis_str(port, &["PUBSUB", "SHARDNUMSUB", channel]) {
-        Ok(Reply::Array(items)) => match items.get(1) {
-            Some(Reply::Int(n)) => *n,
-            _ => -1,
-        },
-        _ => -1,
-    }
 }
 
 /// The primaries in `CLUSTER NODES` of the node on `port`, by port.
@@ -194,21 +154,17 @@ fn rooms_on_every_shard_of_a_redis_cluster_survive_a_primary_failover() {
     };
     let tmp = TempDir::new("redis-cluster");
     let dir = tmp.0.as_path();
-    let mut nodes: Vec<RedisNode> = (0..6).map(|n| start_cluster_node(&server_bin, dir, n)).collect();
-    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-    let out = Command::new(&cli_bin)
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "1", "--cluster-yes"])
-        .output()
-        .expect("redis-cli --cluster create");
-    assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+    let timeout = NODE_TIMEOUT_MS.to_string();
+    let mut nodes: Vec<(u16, Proc)> =
+        (0..6).map(|n| start_cluster_node(&server_bin, dir, n, &["--cluster-node-timeout", &timeout])).collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.0).collect();
+    create_cluster(&cli_bin, &ports, 1);
     assert!(
-        wait_until(Duration::from_secs(30), || nodes.iter().all(|n| cluster_ok(n.port))
-            && primaries_seen_by(nodes[0].port).len() == 3),
-        "the cluster did not become ok"
+        wait_until(Duration::from_secs(30), || ports.iter().all(|&p| cluster_ok(p))
+            && primaries_seen_by(ports[0]).len() == 3),
+        "the cluster did not show 3 primaries"
     );
-    let primaries = primaries_seen_by(nodes[0].port);
+    let primaries = primaries_seen_by(ports[0]);
 
     // Two rooms on each shard, found by asking Redis, not by our own slot code.
     let mut rooms: Vec<(String, u16)> = Vec::new();
@@ -225,7 +181,7 @@ fn rooms_on_every_shard_of_a_redis_cluster_survive_a_primary_failover() {
     assert_eq!(rooms.len(), 6, "rooms on every shard: {rooms:?}");
 
     // Seeds: two of the nodes are enough to find the rest.
-    let seeds = format!("redis://127.0.0.1:{},redis://127.0.0.1:{}", nodes[0].port, nodes[3].port);
+    let seeds = format!("redis://127.0.0.1:{},redis://127.0.0.1:{}", ports[0], ports[3]);
     std::fs::write(dir.join("publish.key"), "cluster-test-key\n").unwrap();
     let key_file = dir.join("publish.key");
     let a = start_node("node-a", &["--redis-cluster", &seeds, "--publish-key-file", key_file.to_str().unwrap()], dir);
@@ -346,7 +302,7 @@ fn rooms_on_every_shard_of_a_redis_cluster_survive_a_primary_failover() {
         }
         sent += 1;
         if killed_at.is_none() && sent == 50 {
-            nodes.iter_mut().find(|n| n.port == victim).unwrap().proc.kill();
+            nodes.iter_mut().find(|n| n.0 == victim).unwrap().1.kill();
             killed_at = Some((Instant::now(), sent));
         }
         for (i, c) in on_b.iter_mut().enumerate() {

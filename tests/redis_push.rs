@@ -9,130 +9,29 @@
 #![cfg(all(feature = "redis", feature = "jwt"))]
 
 mod ops;
+mod redis_util;
 
 use ops::{connect, next_data, status, tcp, Ws};
+use redis_util::{numsub, redis, start_bridged, Bridged, LocalRedis};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tungstenite::Message;
-use wsloop::redis::{envelope, RedisBridge, RedisConfig, SubscribeMode};
-use wsloop::server::{Config, PublishKey, Rooms, Running, Server};
+use wsloop::redis::{envelope, RedisConfig, SubscribeMode};
+use wsloop::server::{Config, PublishKey};
 
 const KEY: &str = "redis-push-test-key";
 
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server() -> Option<PathBuf> {
-    let found = ["/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "redis-server is not installed: CI must not skip this test"
-        );
-        eprintln!("redis_push: redis-server not installed, skipping (scripts/test.sh installs it)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One command in RESP with binary-safe arguments; the first reply line.
-fn redis(port: u16, args: &[&[u8]]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        cmd.extend_from_slice(a);
-        cmd.extend_from_slice(b"\r\n");
-    }
-    s.write_all(&cmd).unwrap();
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-fn start_redis(bin: &Path, port: u16, dir: &Path) -> Redis {
-    let child = Command::new(bin)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let r = Redis(child);
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() && redis(port, &[b"PING"]).starts_with("+PONG") {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("redis-server did not start on {port}");
-}
-
-struct Node {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    node_id: u64,
-    running: Option<Running>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.handle().stop();
-            let _ = r.join();
-        }
-    }
-}
-
-fn start_node(redis_port: u16, mode: SubscribeMode) -> Node {
+fn start_node(redis_port: u16, mode: SubscribeMode) -> Bridged {
     let cfg = Config {
         workers: 2,
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         publish_key: PublishKey::new(KEY.as_bytes()),
         ..Config::default()
     };
-    let server = Server::bind("127.0.0.1:0", cfg).unwrap();
     let mut rc = RedisConfig::from_url(&format!("redis://127.0.0.1:{redis_port}/")).unwrap();
     rc.mode = mode;
-    let bridge: Arc<RedisBridge> = RedisBridge::start(rc, &server.handle().publisher()).unwrap();
-    let node_id = bridge.node_id();
-    let server = server.with_bridge(bridge);
-    let (addr, admin) = (server.local_addr(), server.admin_addr().unwrap());
-    let running = server.start(|_| Rooms).unwrap();
-    Node { addr, admin, node_id, running: Some(running) }
-}
-
-/// Subscribers of `channel` as Redis counts them.
-fn numsub(port: u16, channel: &[u8]) -> i64 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut cmd = format!("*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n", channel.len()).into_bytes();
-    cmd.extend_from_slice(channel);
-    cmd.extend_from_slice(b"\r\n");
-    s.write_all(&cmd).unwrap();
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).unwrap_or(0);
-    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
-    reply.lines().last().and_then(|l| l.strip_prefix(':')).and_then(|v| v.parse().ok()).unwrap_or(-1)
+    start_bridged(cfg, rc)
 }
 
 fn api_publish(admin: SocketAddr, room: &str, body: &str) -> String {
@@ -150,7 +49,7 @@ fn api_publish(admin: SocketAddr, room: &str, body: &str) -> String {
 /// The next data messages on each socket are exactly `want`, in order, and then the
 /// sentinel `end` (so nothing arrived twice).
 fn expect_exactly(clients: &mut [&mut Ws], want: &[Message], end_port: u16, room: &str) {
-    redis(end_port, &[b"PUBLISH", format!("wsloop:{room}").as_bytes(), b"--end--"]);
+    redis(end_port, &[b"PUBLISH", format!("wsloop:{room}").as_bytes(), b"--end--"]).unwrap();
     for c in clients.iter_mut() {
         for w in want {
             assert_eq!(&next_data(c), w);
@@ -170,11 +69,8 @@ fn plain_payloads_and_node_traffic_stay_apart_in_pattern_mode_too() {
 }
 
 fn backend_feeds_both_nodes(mode: SubscribeMode) {
-    let Some(bin) = redis_server() else { return };
-    let dir = std::env::temp_dir().join(format!("wsloop-redis-push-{}-{mode:?}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let _redis = start_redis(&bin, port, &dir);
+    let Some(redis_server) = LocalRedis::start_new(&format!("redis-push-{mode:?}")) else { return };
+    let port = redis_server.port;
     let (a, b) = (start_node(port, mode), start_node(port, mode));
     let mut on_a = connect(a.addr, "/news");
     let mut on_b = connect(b.addr, "/news");
@@ -183,9 +79,9 @@ fn backend_feeds_both_nodes(mode: SubscribeMode) {
     let subscribed = || match mode {
         SubscribeMode::PerTopic => numsub(port, b"wsloop:news") == 2 && numsub(port, &node_channel) == 2,
         // Redis counts distinct patterns: ask each node what Redis last confirmed.
-        SubscribeMode::Pattern => {
-            [a.admin, b.admin].iter().all(|&ad| ops::http_get(ad, "/metrics").1.contains("\nwsloop_redis_channels 1\n"))
-        }
+        SubscribeMode::Pattern => [a.admin, b.admin]
+            .iter()
+            .all(|ad| ops::http_get(ad.unwrap(), "/metrics").1.contains("\nwsloop_redis_channels 1\n")),
     };
     while !subscribed() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
@@ -193,16 +89,16 @@ fn backend_feeds_both_nodes(mode: SubscribeMode) {
     assert!(subscribed(), "both nodes subscribe to the room's channels ({mode:?})");
 
     // Plain text, as `redis-cli PUBLISH wsloop:news hello` sends it.
-    redis(port, &[b"PUBLISH", b"wsloop:news", b"hello"]);
+    redis(port, &[b"PUBLISH", b"wsloop:news", b"hello"]).unwrap();
     // Not UTF-8: binary, unchanged.
-    redis(port, &[b"PUBLISH", b"wsloop:news", b"\xff\x00\xfe"]);
+    redis(port, &[b"PUBLISH", b"wsloop:news", b"\xff\x00\xfe"]).unwrap();
     // Envelope lookalikes: the magic, version, opcode and node A's own id (which A drops
     // as node traffic), and one from "node 0". Delivered as sent, header included.
-    let mut own = envelope::header(a.node_id, 1, wsloop::server::Message::Text("x")).to_vec();
+    let mut own = envelope::header(a.bridge.node_id(), 1, wsloop::server::Message::Text("x")).to_vec();
     own.extend_from_slice(b"x");
     let zero = envelope::encode(0, 1, wsloop::server::Message::Binary(b"\xff"));
-    redis(port, &[b"PUBLISH", b"wsloop:news", &own]);
-    redis(port, &[b"PUBLISH", b"wsloop:news", &zero]);
+    redis(port, &[b"PUBLISH", b"wsloop:news", &own]).unwrap();
+    redis(port, &[b"PUBLISH", b"wsloop:news", &zero]).unwrap();
     let want = [
         Message::text("hello"),
         Message::binary(b"\xff\x00\xfe".to_vec()),
@@ -219,7 +115,7 @@ fn backend_feeds_both_nodes(mode: SubscribeMode) {
     expect_exactly(&mut [&mut on_a, &mut on_b], &[], port, "news");
 
     // An API publish on A, and a client's message on B: every node once.
-    let r = api_publish(a.admin, "news", "from the api");
+    let r = api_publish(a.admin.unwrap(), "news", "from the api");
     assert_eq!(status(&r), 200, "{r}");
     assert!(r.contains("\"connections\":1"), "{r}");
     on_b.send(Message::text("from a client")).unwrap();
@@ -231,5 +127,4 @@ fn backend_feeds_both_nodes(mode: SubscribeMode) {
         assert_eq!(got, [Message::text("from a client"), Message::text("from the api")]);
     }
     expect_exactly(&mut [&mut on_a, &mut on_b], &[], port, "news");
-    let _ = std::fs::remove_dir_all(&dir);
 }

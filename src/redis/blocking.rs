@@ -1,5 +1,6 @@
 //! One blocking request-and-reply connection to a Redis node, plain or TLS, with AUTH:
-//! what the bridge's thread uses to read a cluster's topology.
+//! what the bridge's thread uses to read a cluster's topology, the history thread to
+//! read rooms' streams, and the `jti` check to claim ids.
 
 use super::resp::{self, Limits, Status, Value};
 use super::{Endpoint, RedisConfig, TlsClient};
@@ -16,17 +17,30 @@ pub(crate) struct Blocking {
 }
 
 impl Blocking {
-    /// Connects to `at` (TLS when `tls` is given) and authenticates as `cfg` says.
+    /// Connects to `at` (TLS when `tls` is given) and authenticates as `cfg` says; the
+    /// connection, each read and each write within `timeout`.
     pub fn open(cfg: &RedisConfig, tls: Option<&TlsClient>, at: &Endpoint, timeout: Duration) -> Result<Self, String> {
+        Self::open_with(cfg, tls, at, timeout, timeout)
+    }
+
+    /// `open`, connecting within `connect_timeout` and then bounding each read and write
+    /// by `io_timeout`.
+    pub fn open_with(
+        cfg: &RedisConfig,
+        tls: Option<&TlsClient>,
+        at: &Endpoint,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Self, String> {
         let addr = (at.host.as_str(), at.port)
             .to_socket_addrs()
             .map_err(|e| format!("resolving {}: {e}", at.host))?
             .next()
             .ok_or_else(|| format!("{}: the host name has no address", at.host))?;
-        let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+        let s = TcpStream::connect_timeout(&addr, connect_timeout).map_err(|e| format!("connect: {e}"))?;
         let _ = s.set_nodelay(true);
-        s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(io_timeout)).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(io_timeout)).map_err(|e| e.to_string())?;
         let stream: Box<dyn Duplex> = match tls {
             None => Box::new(s),
             #[cfg(feature = "tls")]
@@ -52,18 +66,29 @@ impl Blocking {
         limits: &Limits,
         f: impl FnOnce(Value<'_>) -> Result<T, String>,
     ) -> Result<T, String> {
-        self.stream.write_all(cmd).and_then(|()| self.stream.flush()).map_err(|e| format!("write: {e}"))?;
         let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 4096];
+        self.exchange(cmd, limits, &mut buf)?;
+        match resp::parse(&buf, limits) {
+            Ok(Status::Complete((v, _))) => f(v),
+            _ => Err("bad reply".into()),
+        }
+    }
+
+    /// Sends `cmd` and reads the bytes of its one whole reply into `buf` (cleared first,
+    /// so that a caller reading large replies keeps one allocation).
+    pub fn exchange(&mut self, cmd: &[u8], limits: &Limits, buf: &mut Vec<u8>) -> Result<(), String> {
+        self.stream.write_all(cmd).and_then(|()| self.stream.flush()).map_err(|e| format!("write: {e}"))?;
+        buf.clear();
+        let mut chunk = [0u8; 16 << 10];
         loop {
             let n = self.stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
             if n == 0 {
                 return Err("Redis closed the connection".into());
             }
             buf.extend_from_slice(&chunk[..n]);
-            match resp::parse(&buf, limits) {
+            match resp::parse(buf, limits) {
                 Ok(Status::Partial) => continue,
-                Ok(Status::Complete((v, _))) => return f(v),
+                Ok(Status::Complete(_)) => return Ok(()),
                 Err(e) => return Err(format!("bad reply: {e:?}")),
             }
         }

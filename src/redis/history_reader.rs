@@ -1,15 +1,15 @@
 //! The history reads of the Redis bridge: a thread of its own (`wsloop-redis-history`)
-//! with its own connection, which reads a room's whole stream (`XRANGE`, one per room
+//! with its own blocking connection (plain or TLS, as the bridge's), which reads a room's whole stream (`XRANGE`, one per room
 //! asked for) and hands it to the server. The workers only queue the room's name; they
 //! never wait on Redis. The publish API's requests, which answer with the message's
 //! offset, run their script here too.
 
+use super::blocking::Blocking;
 use super::resp::{self, Limits, Status, Value};
 use super::streams;
-use super::RedisConfig;
+use super::{Endpoint, RedisConfig, TlsClient};
 use crate::server::{Message, Seq, WeakPublisher};
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -40,14 +40,16 @@ pub(crate) struct HistoryReader {
 }
 
 impl HistoryReader {
-    pub fn start(cfg: RedisConfig, server: WeakPublisher) -> io::Result<HistoryReader> {
+    /// Starts the thread; it connects to Redis (over TLS when `tls` is given) when first
+    /// asked.
+    pub fn start(cfg: RedisConfig, tls: Option<TlsClient>, server: WeakPublisher) -> io::Result<HistoryReader> {
         let (tx, rx) = sync_channel(QUEUE);
         let reads = Arc::new(AtomicU64::new(0));
         let at = match &cfg.deployment {
-            super::Deployment::Cluster { seeds } if !seeds.is_empty() => (seeds[0].host.clone(), seeds[0].port),
-            _ => (cfg.host.clone(), cfg.port),
+            super::Deployment::Cluster { seeds } if !seeds.is_empty() => seeds[0].clone(),
+            _ => cfg.endpoint(),
         };
-        let thread = Thread { cfg, server, rx, conn: None, at, reads: reads.clone() };
+        let thread = Thread { cfg, tls, server, rx, conn: None, at, reads: reads.clone() };
         std::thread::Builder::new().name("wsloop-redis-history".into()).spawn(move || thread.run())?;
         Ok(HistoryReader { tx, reads })
     }
@@ -77,11 +79,13 @@ impl HistoryReader {
 
 struct Thread {
     cfg: RedisConfig,
+    tls: Option<TlsClient>,
     server: WeakPublisher,
     rx: Receiver<Job>,
-    conn: Option<(TcpStream, Vec<u8>)>,
+    /// The connection, and the buffer of the last reply (kept for its capacity).
+    conn: Option<(Blocking, Vec<u8>)>,
     /// Where `conn` goes: the Redis, or in a cluster the shard the last `MOVED` named.
-    at: (String, u16),
+    at: Endpoint,
     reads: Arc<AtomicU64>,
 }
 
@@ -172,71 +176,26 @@ impl Thread {
     }
 
     fn exchange_once(&mut self, cmd: &[u8], limits: &Limits) -> Result<Vec<u8>, String> {
-        let cfg = self.cfg.clone();
-        let (stream, buf) = match &mut self.conn {
+        let (conn, buf) = match &mut self.conn {
             Some(c) => c,
-            None => self.conn.insert(connect(&cfg, &self.at)?),
+            None => {
+                let (cfg, tls, at) = (&self.cfg, self.tls.as_ref(), &self.at);
+                let conn = Blocking::open_with(cfg, tls, at, cfg.connect_timeout, IO_TIMEOUT)?;
+                self.conn.insert((conn, Vec::new()))
+            }
         };
-        stream.write_all(cmd).map_err(|e| format!("write: {e}"))?;
         let mut buf = std::mem::take(buf);
-        buf.clear();
-        let mut chunk = vec![0u8; 64 << 10];
-        loop {
-            match resp::parse(&buf, limits) {
-                Ok(Status::Complete(_)) => return Ok(buf),
-                Ok(Status::Partial) => {}
-                Err(e) => return Err(format!("bad reply: {e:?}")),
-            }
-            let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("Redis closed the connection".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        conn.exchange(cmd, limits, &mut buf)?;
+        Ok(buf)
     }
 }
 
 /// `MOVED <slot> <host>:<port>`: where the key lives now.
-fn moved_to(e: &[u8]) -> Option<(String, u16)> {
+fn moved_to(e: &[u8]) -> Option<Endpoint> {
     let e = std::str::from_utf8(e).ok()?;
     let addr = e.strip_prefix("MOVED ")?.split(' ').nth(1)?;
     let (host, port) = addr.rsplit_once(':')?;
-    Some((host.to_string(), port.parse().ok()?))
-}
-
-fn connect(cfg: &RedisConfig, at: &(String, u16)) -> Result<(TcpStream, Vec<u8>), String> {
-    let addr = (at.0.as_str(), at.1)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolving {}: {e}", at.0))?
-        .next()
-        .ok_or("the host name has no address")?;
-    let mut s = TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(|e| format!("connect: {e}"))?;
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_nodelay(true);
-    let mut buf = Vec::new();
-    if let Some(cmd) = super::blocking::auth_command(cfg) {
-        s.write_all(&cmd).map_err(|e| format!("write: {e}"))?;
-        let limits = Limits::for_payload(0);
-        let mut chunk = [0u8; 512];
-        loop {
-            match resp::parse(&buf, &limits) {
-                Ok(Status::Complete((Value::Error(e), _))) => {
-                    return Err(format!("AUTH refused: {}", String::from_utf8_lossy(e)));
-                }
-                Ok(Status::Complete(_)) => break,
-                Ok(Status::Partial) => {}
-                Err(e) => return Err(format!("bad reply to AUTH: {e:?}")),
-            }
-            let n = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("Redis closed the connection".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        buf.clear();
-    }
-    Ok((s, buf))
+    Some(Endpoint { host: host.to_string(), port: port.parse().ok()? })
 }
 
 /// The history script's reply: `[offset, epoch]`.

@@ -172,10 +172,6 @@ impl RedisBridge {
             }
             Deployment::Cluster { .. } => command::Flavor::Cluster,
         };
-        if cfg.history > 0 && cfg.tls.is_some() {
-            // The history thread speaks plain TCP (see history_reader.rs).
-            return Err(io::Error::other("room history in Redis streams works over redis:// only, not yet rediss://"));
-        }
         let tls: Option<TlsClient> = match &cfg.tls {
             None => None,
             #[cfg(feature = "tls")]
@@ -210,7 +206,7 @@ impl RedisBridge {
         );
         let history = match inner.cfg.history {
             0 => None,
-            _ => Some(history_reader::HistoryReader::start(inner.cfg.clone(), publisher.downgrade())?),
+            _ => Some(history_reader::HistoryReader::start(inner.cfg.clone(), tls.clone(), publisher.downgrade())?),
         };
         let driver = driver::Driver::new(poll, inner.clone(), rx, publisher.downgrade(), tls);
         std::thread::Builder::new().name("wsloop-redis".into()).spawn(move || driver.run())?;
