@@ -27,7 +27,8 @@ impl Reader {
     ) -> (usize, Received<'a>) {
         let decoder = &mut self.decoder;
         match core.phase {
-            Phase::Open(Open { backlog: Backlog::Clear | Backlog::Congested, .. }) | Phase::Closing { .. } => {}
+            Phase::Open(Open { backlog: Backlog::Clear | Backlog::Blocked | Backlog::Congested, .. })
+            | Phase::Closing { .. } => {}
             Phase::Open(_) | Phase::Handshaking { .. } => return (0, Received::Nothing),
             // Lingering after a close or a refusal: the peer's bytes are of no interest.
             _ => return (data.len(), Received::Nothing),
@@ -117,16 +118,24 @@ fn deflated<'a>(
 }
 
 impl Open {
-    /// Marks the queue congested; true if it was not (a new episode, counted once, and
-    /// the write-stall clock starts).
+    /// Marks the queue over its cap; true if it was not (a new episode, counted once; the
+    /// write-stall clock starts unless the transport had already blocked).
     #[inline]
     pub(super) fn congest(&mut self, now: Tick) -> bool {
-        let new = self.backlog == Backlog::Clear;
-        if new {
-            self.backlog = Backlog::Congested;
-            self.tx_since = now;
+        match self.backlog {
+            Backlog::Clear => {
+                self.backlog = Backlog::Congested;
+                self.tx_since = now;
+                true
+            }
+            // Already stalled on the transport: the clock keeps its start, and going over
+            // the cap is this episode's first time.
+            Backlog::Blocked => {
+                self.backlog = Backlog::Congested;
+                true
+            }
+            Backlog::Congested | Backlog::Paused => false,
         }
-        new
     }
 
     /// Token bucket: refills by elapsed ticks, takes one; false when empty.

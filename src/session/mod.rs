@@ -326,7 +326,11 @@ struct Open {
 enum Backlog {
     /// Written as fast as it is queued.
     Clear,
-    /// Went over the cap, or the transport blocked: `on_drain` is owed.
+    /// The transport blocked with bytes queued, still within the cap: the write-stall
+    /// clock runs and `on_drain` is owed, but the connection has not gone over its cap
+    /// (so going over it later is still a new backpressure episode, and counted).
+    Blocked,
+    /// Went over the cap: `on_drain` is owed.
     Congested,
     /// Congested, and reading stops until the queue drains (`PauseReading`).
     Paused,
@@ -579,7 +583,10 @@ impl<S: Default> Session<S> {
     /// The transport would block with bytes still queued.
     pub fn handle_write_blocked(&mut self, now: Tick) {
         if let Phase::Open(o) = &mut self.core.phase {
-            o.congest(now);
+            if o.backlog == Backlog::Clear {
+                o.backlog = Backlog::Blocked;
+                o.tx_since = now;
+            }
         }
     }
 

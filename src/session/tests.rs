@@ -449,6 +449,28 @@ fn drop_policy_hands_the_message_back_and_close_policy_closes_with_1008() {
 }
 
 #[test]
+fn going_over_the_cap_after_the_transport_blocked_is_a_new_episode() {
+    // The socket blocks first (bytes queued, under the cap), then the queue grows past the
+    // cap: that is the connection going over, counted once, for every policy. (Found by the
+    // echo test of a client that never reads: a blocked write used to take the episode's
+    // "first", so the pause went uncounted.)
+    for policy in [BackpressurePolicy::Drop, BackpressurePolicy::Close, BackpressurePolicy::PauseReading] {
+        let cfg = SessionConfig { max_backpressure: 64, backpressure_policy: policy, ..SessionConfig::default() };
+        let mut r = Rig::with(cfg);
+        let a = r.s.core().send(OpCode::Binary, &[0u8; 40], &r.cfg, &mut r.pool, 0);
+        assert_eq!(a, Sent::Queued);
+        r.s.handle_write_blocked(1);
+        let b = r.s.core().send(OpCode::Binary, &[0u8; 40], &r.cfg, &mut r.pool, 2);
+        assert!(b.went_over(), "{policy:?}: {b:?}");
+        let c = r.s.core().send(OpCode::Binary, &[0u8; 40], &r.cfg, &mut r.pool, 3);
+        assert!(!c.went_over(), "{policy:?}: counted twice: {c:?}");
+        if policy == BackpressurePolicy::PauseReading {
+            assert!(!r.s.wants_read());
+        }
+    }
+}
+
+#[test]
 fn a_reset_reports_1006_for_an_open_connection_and_nothing_for_a_handshaking_one() {
     let mut r = Rig::new();
     r.s.handle_reset();
